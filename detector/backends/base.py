@@ -1,0 +1,96 @@
+"""What every backend provides: the :class:`Predictor` protocol and the model metadata it carries.
+
+A predictor takes a batch of tiles and returns one :class:`~detector.detections.Detections` per tile,
+in **tile pixel** coordinates (no CRS, no transform). The tiler calls nothing else, so it never needs to know
+which backend it drives.
+
+Tiles: ``uint8`` array of shape ``(B, S, S, 3)``, RGB, values 0-255, ``S == meta.imgsz`` (the pipeline pads
+and resamples before calling). Normalisation to the network's input range is the backend's job, as the
+metadata says (``meta.normalization``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from detector.detections import Detections
+
+#: Our taxonomy, in class-id order. Every model we ship or map outputs these names.
+TAXONOMY: tuple[str, ...] = ("aircraft", "helicopter", "small-vehicle", "large-vehicle")
+
+#: Metadata key under which a model file stores :class:`ModelMeta` as JSON (ONNX ``metadata_props``).
+META_KEY = "detector_meta"
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """Everything inference needs to know about a model file, stored inside the file itself.
+
+    Attributes:
+        raw_names: the network's own output classes, in output-channel order (15 DOTA names for the
+            DOTA-trained models, our 4 names for our own model).
+        class_map: raw class index -> our class name; raw classes absent from it are dropped at decode time.
+        imgsz: square network input size in pixels (the tile size by default).
+        task: ``"detect"`` (axis-aligned boxes) or ``"obb"`` (rotated boxes).
+        normalization: how RGB uint8 pixels become network input; ``"rgb/255"`` for Ultralytics models.
+        gsd: training ground sample distance in metres per pixel, or ``None`` when unknown.
+        end_to_end: the network output is already NMS-free ``(B, K, 6|7)`` (YOLO26 style) instead of the
+            raw ``(B, 4+nc(+1), A)`` head.
+        name: a human-readable model name (e.g. ``"yolov8n-obb-dota"``).
+        extra: anything else worth keeping (training data, export versions, ...).
+    """
+
+    raw_names: tuple[str, ...]
+    class_map: dict[int, str]
+    imgsz: int
+    task: str
+    normalization: str = "rgb/255"
+    gsd: float | None = None
+    end_to_end: bool = False
+    name: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.task not in ("detect", "obb"):
+            raise ValueError(f"ModelMeta.task must be 'detect' or 'obb', got {self.task!r}")
+        if self.imgsz <= 0 or self.imgsz % 32:
+            raise ValueError(f"ModelMeta.imgsz must be a positive multiple of 32, got {self.imgsz!r}")
+        cmap = {int(k): str(v) for k, v in self.class_map.items()}
+        for k, v in cmap.items():
+            if not 0 <= k < len(self.raw_names):
+                raise ValueError(f"class_map index {k} is outside the {len(self.raw_names)} raw classes")
+            if v not in TAXONOMY:
+                raise ValueError(f"class_map maps to {v!r}, which is not one of {TAXONOMY}")
+        object.__setattr__(self, "class_map", cmap)
+        object.__setattr__(self, "raw_names", tuple(self.raw_names))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Our output class names (always the full taxonomy, so ids are stable across models)."""
+        return TAXONOMY
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["class_map"] = {str(k): v for k, v in self.class_map.items()}
+        return json.dumps(d, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelMeta:
+        d = json.loads(text)
+        d["class_map"] = {int(k): v for k, v in d["class_map"].items()}
+        return cls(**d)
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """A model that turns a batch of tiles into detections. See the module docstring for the contract."""
+
+    meta: ModelMeta
+
+    def predict_batch(self, tiles: np.ndarray) -> list[Detections]:
+        """``(B, S, S, 3)`` uint8 RGB tiles -> ``B`` detections in tile pixels, class names ``meta.names``."""
+        ...

@@ -1,0 +1,122 @@
+"""The one result type of the package: :class:`Detections`.
+
+Data contract (read this once, it holds everywhere in the package):
+
+* Coordinates are **scene pixels** of the full-resolution raster: ``x`` is the column, ``y`` the row,
+  ``(0, 0)`` is the top-left corner of the top-left pixel, ``y`` grows downwards. Backends return
+  detections in *tile* pixels; the pipeline shifts and scales them into scene pixels before merging.
+* ``xyxy`` is always present: the axis-aligned box ``(x_min, y_min, x_max, y_max)``, float64. For a rotated
+  detection it is the box enclosing the rotated rectangle.
+* ``xywhr`` is present for models of the OBB task, else ``None``: ``(cx, cy, w, h, r)``, float64, with ``r``
+  in radians, Ultralytics' convention (a positive angle turns the ``w`` side clockwise on screen, because
+  ``y`` grows downwards). Corners come from :func:`detector.geometry.corners`.
+* ``scores`` float32 in ``[0, 1]``; ``class_ids`` int64 indexing ``class_names``.
+* ``crs`` / ``transform``: the scene's CRS (``rasterio.crs.CRS`` or ``None`` for an image without
+  georeferencing) and the affine pixel -> CRS transform of the full-resolution scene (``None`` when the image
+  has no georeferencing: then outputs are in pixel coordinates, and writers say so).
+* ``gsd``: ground sample distance of the scene in metres per pixel, or ``None`` when unknown.
+
+The class is a container: it validates itself, supports ``len``, boolean / integer-array / slice
+indexing and :meth:`concatenate`. Conversions (from ONNX outputs, from Ultralytics results, to files) live
+beside the backends and writers, not here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Detections of one scene (or one tile), as equal-length numpy arrays. See the module docstring."""
+
+    xyxy: np.ndarray
+    scores: np.ndarray
+    class_ids: np.ndarray
+    class_names: tuple[str, ...]
+    xywhr: np.ndarray | None = None
+    crs: Any = None
+    transform: Any = None
+    gsd: float | None = None
+    source: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        xyxy = np.asarray(self.xyxy, dtype=np.float64).reshape(-1, 4)
+        scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
+        class_ids = np.asarray(self.class_ids, dtype=np.int64).reshape(-1)
+        object.__setattr__(self, "xyxy", xyxy)
+        object.__setattr__(self, "scores", scores)
+        object.__setattr__(self, "class_ids", class_ids)
+        object.__setattr__(self, "class_names", tuple(self.class_names))
+        n = len(xyxy)
+        if len(scores) != n or len(class_ids) != n:
+            raise ValueError(
+                f"Detections arrays differ in length: xyxy {n}, scores {len(scores)}, class_ids {len(class_ids)}"
+            )
+        if self.xywhr is not None:
+            xywhr = np.asarray(self.xywhr, dtype=np.float64).reshape(-1, 5)
+            if len(xywhr) != n:
+                raise ValueError(f"Detections.xywhr has {len(xywhr)} rows, expected {n}")
+            object.__setattr__(self, "xywhr", xywhr)
+        if n and (class_ids.min() < 0 or class_ids.max() >= len(self.class_names)):
+            raise ValueError(
+                f"class_ids must index class_names ({len(self.class_names)} names), "
+                f"got ids in [{class_ids.min()}, {class_ids.max()}]"
+            )
+        if n and not np.isfinite(xyxy).all():
+            raise ValueError("Detections.xyxy holds non-finite coordinates")
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def __getitem__(self, index: Any) -> Detections:
+        if isinstance(index, (int, np.integer)):
+            index = [int(index)]
+        return replace(
+            self,
+            xyxy=self.xyxy[index],
+            scores=self.scores[index],
+            class_ids=self.class_ids[index],
+            xywhr=None if self.xywhr is None else self.xywhr[index],
+        )
+
+    @property
+    def is_rotated(self) -> bool:
+        """True when the detections carry rotated boxes (``xywhr``)."""
+        return self.xywhr is not None
+
+    @classmethod
+    def empty(cls, class_names: Sequence[str], rotated: bool = False, **kwargs: Any) -> Detections:
+        """No detections, with the given class names (and an empty ``xywhr`` when ``rotated``)."""
+        return cls(
+            xyxy=np.zeros((0, 4)),
+            scores=np.zeros(0, np.float32),
+            class_ids=np.zeros(0, np.int64),
+            class_names=tuple(class_names),
+            xywhr=np.zeros((0, 5)) if rotated else None,
+            **kwargs,
+        )
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[Detections]) -> Detections:
+        """Join detections that share class names (and scene metadata, taken from the first part)."""
+        if not parts:
+            raise ValueError("Detections.concatenate needs at least one part, got none")
+        first = parts[0]
+        for p in parts[1:]:
+            if p.class_names != first.class_names:
+                raise ValueError(f"cannot concatenate class names {p.class_names!r} with {first.class_names!r}")
+            if p.is_rotated != first.is_rotated:
+                raise ValueError("cannot concatenate rotated and axis-aligned detections")
+        return replace(
+            first,
+            xyxy=np.concatenate([p.xyxy for p in parts]),
+            scores=np.concatenate([p.scores for p in parts]),
+            class_ids=np.concatenate([p.class_ids for p in parts]),
+            xywhr=np.concatenate([p.xywhr for p in parts]) if first.is_rotated else None,  # type: ignore[misc]
+        )

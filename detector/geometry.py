@@ -1,0 +1,93 @@
+"""Box geometry shared by backends, merging, writers and evaluation (numpy, vectorised)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from detector.detections import Detections
+
+
+def xywhr_to_corners(xywhr: np.ndarray) -> np.ndarray:
+    """Rotated boxes ``(N, 5)`` -> corner points ``(N, 4, 2)`` in the same pixel frame.
+
+    Same construction as Ultralytics' ``xywhr2xyxyxyxy``: the ``w`` side runs along ``(cos r, sin r)``.
+    """
+    xywhr = np.asarray(xywhr, dtype=np.float64).reshape(-1, 5)
+    ctr = xywhr[:, None, :2]
+    w, h, r = xywhr[:, 2:3], xywhr[:, 3:4], xywhr[:, 4:5]
+    cos, sin = np.cos(r), np.sin(r)
+    vec1 = np.concatenate([w / 2 * cos, w / 2 * sin], axis=-1)[:, None, :]
+    vec2 = np.concatenate([-h / 2 * sin, h / 2 * cos], axis=-1)[:, None, :]
+    signs1 = np.array([1, 1, -1, -1], dtype=np.float64)[None, :, None]
+    signs2 = np.array([1, -1, -1, 1], dtype=np.float64)[None, :, None]
+    return ctr + signs1 * vec1 + signs2 * vec2
+
+
+def xyxy_to_corners(xyxy: np.ndarray) -> np.ndarray:
+    """Axis-aligned boxes ``(N, 4)`` -> corner points ``(N, 4, 2)``, clockwise on screen from top-left."""
+    b = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
+    x1, y1, x2, y2 = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
+    return np.stack([np.stack([x1, y1], -1), np.stack([x2, y1], -1), np.stack([x2, y2], -1), np.stack([x1, y2], -1)], 1)
+
+
+def corners_to_xyxy(corners: np.ndarray) -> np.ndarray:
+    """Corner points ``(N, K, 2)`` -> enclosing axis-aligned boxes ``(N, 4)``."""
+    c = np.asarray(corners, dtype=np.float64)
+    if len(c) == 0:
+        return np.zeros((0, 4))
+    return np.concatenate([c.min(axis=1), c.max(axis=1)], axis=1)
+
+
+def corners(dets: Detections) -> np.ndarray:
+    """The footprint of every detection as 4 corner points ``(N, 4, 2)`` in scene pixels."""
+    if dets.xywhr is not None:
+        return xywhr_to_corners(dets.xywhr)
+    return xyxy_to_corners(dets.xyxy)
+
+
+def box_iou_xyxy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of axis-aligned boxes: ``(N, 4) x (M, 4) -> (N, M)``."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area_a = (a[:, 2] - a[:, 0]).clip(0) * (a[:, 3] - a[:, 1]).clip(0)
+    area_b = (b[:, 2] - b[:, 0]).clip(0) * (b[:, 3] - b[:, 1]).clip(0)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def polygon_overlaps(corners_a: np.ndarray, corners_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairwise IoU and intersection-over-smaller of convex footprints ``(N, K, 2) x (M, K, 2)``.
+
+    Exact polygon areas through shapely, computed only for pairs whose enclosing boxes touch (the rest are
+    0), so it stays cheap on thousands of boxes spread over a scene. Returns ``(iou, ios)``, both ``(N, M)``.
+    """
+    import shapely
+
+    a = np.asarray(corners_a, dtype=np.float64)
+    b = np.asarray(corners_b, dtype=np.float64)
+    iou = np.zeros((len(a), len(b)))
+    ios = np.zeros((len(a), len(b)))
+    if len(a) == 0 or len(b) == 0:
+        return iou, ios
+    ba, bb = corners_to_xyxy(a), corners_to_xyxy(b)
+    touch = (
+        (ba[:, None, 0] < bb[None, :, 2])
+        & (bb[None, :, 0] < ba[:, None, 2])
+        & (ba[:, None, 1] < bb[None, :, 3])
+        & (bb[None, :, 1] < ba[:, None, 3])
+    )
+    ia, ib = np.nonzero(touch)
+    if len(ia) == 0:
+        return iou, ios
+    pa = shapely.polygons(a)
+    pb = shapely.polygons(b)
+    area_a, area_b = shapely.area(pa), shapely.area(pb)
+    inter = shapely.area(shapely.intersection(pa[ia], pb[ib]))
+    union = area_a[ia] + area_b[ib] - inter
+    smaller = np.minimum(area_a[ia], area_b[ib])
+    iou[ia, ib] = np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+    ios[ia, ib] = np.where(smaller > 0, inter / np.maximum(smaller, 1e-12), 0.0)
+    return iou, ios
