@@ -1,0 +1,163 @@
+"""Readers for the label formats users arrive with, all returning :class:`LabeledImage` lists.
+
+One reader per format: :func:`read_coco`, :func:`read_dota`, :func:`read_yolo`, :func:`read_yolo_obb`,
+:func:`read_yolo_seg`, :func:`read_csv_polygons`; :func:`read_dataset` picks one from a small spec::
+
+    format: yolo_seg            # coco | dota | yolo | yolo_obb | yolo_seg | csv
+    name: isaid                 # dataset name: the taxonomy key
+    path: isaid-512/train/images  # coco/csv: the label file; dota: the root; yolo*: the image folder
+    labels: isaid-512/train/labels  # optional, per format
+    names: [small-vehicle, large-vehicle, ...]  # yolo*: list, dict, or a .names / .yaml file
+    gsd: 0.13                   # optional, m/px
+    group: folder               # optional scene id: "folder" (the image folder) or a fixed string
+    group_pattern: '^([A-Z]+)_\\d+$'  # optional regex on the file stem giving the scene id
+    taxonomy: configs/taxonomy.yaml  # default: the package's table; null keeps source class names
+    on_error: raise             # or skip
+
+Relative paths resolve against ``root`` (argument or spec key), else the spec file's folder.
+See :mod:`detector.labels.types` for the coordinate contract.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from detector.labels.coco import read_coco
+from detector.labels.csv_polygons import read_csv_polygons
+from detector.labels.dota import read_dota
+from detector.labels.types import Annotation, LabeledImage, LabelError, group_of, roboflow_stem
+from detector.labels.yolo import load_names, read_yolo
+from detector.labels.yolo_obb import read_yolo_obb
+from detector.labels.yolo_seg import read_yolo_seg
+from detector.taxonomy import Taxonomy, load_taxonomy
+
+__all__ = [
+    "FORMATS",
+    "Annotation",
+    "LabelError",
+    "LabeledImage",
+    "group_of",
+    "load_names",
+    "read_coco",
+    "read_csv_polygons",
+    "read_dataset",
+    "read_dota",
+    "read_yolo",
+    "read_yolo_obb",
+    "read_yolo_seg",
+    "roboflow_stem",
+]
+
+FORMATS = ("coco", "dota", "yolo", "yolo_obb", "yolo_seg", "csv")
+_SPEC_KEYS = {
+    "format",
+    "name",
+    "path",
+    "images",
+    "labels",
+    "names",
+    "gsd",
+    "group",
+    "group_pattern",
+    "taxonomy",
+    "on_error",
+    "root",
+    "use_segmentation",
+}
+_DEFAULT = object()
+
+
+def read_dataset(
+    spec: dict[str, Any] | str | Path,
+    *,
+    root: str | Path | None = None,
+    taxonomy: Taxonomy | None | object = _DEFAULT,
+) -> list[LabeledImage]:
+    """Read a dataset described by a spec (a dict, or the path of a small YAML file; keys above).
+
+    Args:
+        spec: the dataset description.
+        root: folder that relative paths in the spec resolve against (overrides the spec's ``root``).
+        taxonomy: a loaded taxonomy to use instead of the spec's ``taxonomy`` entry (``None``: no mapping).
+
+    Raises:
+        LabelError: the spec is incomplete or names an unknown format; errors of the reader itself.
+    """
+    where = "dataset spec"
+    base: Path | None = None
+    if isinstance(spec, (str, Path)):
+        where = str(spec)
+        try:
+            loaded = yaml.safe_load(Path(spec).read_text())
+        except (OSError, yaml.YAMLError) as e:
+            raise LabelError(f"{spec}: cannot read the dataset spec ({e})") from e
+        base = Path(spec).resolve().parent
+        spec = loaded
+    if not isinstance(spec, dict):
+        raise LabelError(f"{where}: a dataset spec must be a mapping, got {type(spec).__name__}")
+    unknown = set(spec) - _SPEC_KEYS
+    if unknown:
+        raise LabelError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(_SPEC_KEYS)}")
+    fmt = str(spec.get("format", "")).replace("-", "_").lower()
+    if fmt not in FORMATS:
+        raise LabelError(f"{where}: format must be one of {FORMATS}, got {spec.get('format')!r}")
+    if "path" not in spec:
+        raise LabelError(f"{where}: `path` is required")
+    if root is not None:
+        base = Path(root)
+    elif spec.get("root") is not None:
+        base = Path(spec["root"]) if base is None else base / spec["root"]
+
+    def resolve(p: Any) -> Path | None:
+        if p is None:
+            return None
+        p = Path(p).expanduser()
+        return p if p.is_absolute() or base is None else base / p
+
+    if taxonomy is _DEFAULT:
+        tax_entry = spec.get("taxonomy", _DEFAULT)
+        tax: Taxonomy | None
+        if tax_entry is _DEFAULT:
+            tax = load_taxonomy()
+        elif tax_entry is None:
+            tax = None
+        else:
+            tax = load_taxonomy(tax_entry if Path(tax_entry).is_absolute() else Path(tax_entry))
+    else:
+        tax = taxonomy  # type: ignore[assignment]
+    name = str(spec.get("name") or fmt)
+    gsd = float(spec["gsd"]) if spec.get("gsd") is not None else None
+    on_error = spec.get("on_error", "raise")
+    common: dict[str, Any] = {
+        "dataset": name,
+        "taxonomy": tax,
+        "gsd": gsd,
+        "on_error": on_error,
+        "group_pattern": spec.get("group_pattern"),
+    }
+    path = Path(resolve(spec["path"]) or ".")
+    if fmt == "coco":
+        return read_coco(
+            path,
+            images=resolve(spec.get("images")),
+            use_segmentation=bool(spec.get("use_segmentation")),
+            **common,
+        )
+    if fmt == "csv":
+        return read_csv_polygons(path, images=resolve(spec.get("images")), **common)
+    if fmt == "dota":
+        if spec.get("group_pattern") is None:
+            common.pop("group_pattern")  # the reader's default: the DOTA P-number
+        return read_dota(
+            path, images=resolve(spec.get("images")), labels=resolve(spec.get("labels")), **common
+        )
+    if "names" not in spec:
+        raise LabelError(f"{where}: `names` is required for format {fmt!r}")
+    names = spec["names"]
+    if isinstance(names, str):
+        names = resolve(names)
+    reader = {"yolo": read_yolo, "yolo_obb": read_yolo_obb, "yolo_seg": read_yolo_seg}[fmt]
+    return reader(path, labels=resolve(spec.get("labels")), names=names, group=spec.get("group"), **common)

@@ -1,0 +1,203 @@
+"""The label types every reader returns, and the helpers the readers share.
+
+Data contract:
+
+* ``Annotation.polygon`` is a ``(4, 2)`` float64 array of **image pixel** corners ``(x, y)`` of the full
+  image the label belongs to (``x`` the column, ``y`` the row, ``(0, 0)`` the top-left corner of the top-left
+  pixel). For an axis-aligned box the corners are ``x1,y1 / x2,y1 / x2,y2 / x1,y2`` and ``rotated`` is
+  ``False``; for a rotated box (DOTA, YOLO-OBB, or a polygon reduced to its minimum-area rectangle) the corners
+  are in the source's order and ``rotated`` is ``True``.
+* ``Annotation.cls`` is our class (one of :data:`detector.backends.base.TAXONOMY`), ``"ignore"`` when the
+  taxonomy drops the source class, or the source class itself when the reader ran without a taxonomy.
+  ``source_cls`` is always the publisher's label; ``attrs["source_cls"]`` repeats it next to anything finer.
+  Polygon labels keep their full outline in ``attrs["outline"]`` (``(K, 2)`` image pixels): its axis-aligned
+  box is the tight one (the rectangle's is larger for a rotated object).
+* ``LabeledImage.group`` is the source scene / video sequence the image comes from: two images of one group
+  must never sit in two splits.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from detector.taxonomy import Taxonomy
+
+logger = logging.getLogger(__name__)
+
+OnError = Literal["raise", "skip"]
+
+#: Image suffixes the readers look for (lower case).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+
+_ROBOFLOW = re.compile(r"_(jpe?g|png|tiff?|bmp|webp)\.rf\.[0-9a-f]+$", re.IGNORECASE)
+
+
+class LabelError(ValueError):
+    """A label file or line cannot be read; the message names the file (and the line, when there is one)."""
+
+
+@dataclass
+class Annotation:
+    """One labelled object (see the module docstring for the coordinate contract)."""
+
+    image: Path
+    cls: str
+    source_cls: str
+    polygon: np.ndarray
+    rotated: bool = False
+    difficult: bool = False
+    truncated: bool = False
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        poly = np.asarray(self.polygon, dtype=np.float64)
+        if poly.shape != (4, 2):
+            raise ValueError(f"Annotation.polygon must have shape (4, 2), got {poly.shape} for {self.image}")
+        if not np.isfinite(poly).all():
+            raise ValueError(f"Annotation.polygon holds non-finite values for {self.image}: {poly.tolist()}")
+        self.polygon = poly
+
+    @property
+    def outline(self) -> np.ndarray:
+        """The object's footprint in image pixels: ``attrs["outline"]`` when the label was a polygon, else
+        ``polygon``."""
+        out = self.attrs.get("outline")
+        return self.polygon if out is None else np.asarray(out, dtype=np.float64).reshape(-1, 2)
+
+    @property
+    def xyxy(self) -> np.ndarray:
+        """The tight axis-aligned box of the footprint (:attr:`outline`), ``(4,)`` float64."""
+        pts = self.outline
+        return np.concatenate([pts.min(axis=0), pts.max(axis=0)])
+
+
+@dataclass
+class LabeledImage:
+    """One image and its labels.
+
+    Attributes:
+        image: path of the image file.
+        width, height: image size in pixels (from the label file or the image header), ``None`` if unknown.
+        gsd: ground sample distance in metres per pixel, ``None`` if unknown.
+        annotations: the objects, ignored classes included (``cls == "ignore"``).
+        group: source scene / video sequence id (never split across train and val).
+        dataset: the dataset name the taxonomy was looked up with.
+        skipped: one message per malformed label line skipped under ``on_error="skip"``.
+    """
+
+    image: Path
+    width: int | None
+    height: int | None
+    gsd: float | None
+    annotations: list[Annotation]
+    group: str
+    dataset: str = ""
+    skipped: list[str] = field(default_factory=list)
+
+
+def roboflow_stem(name: str | Path) -> str:
+    """The file stem without Roboflow's ``_jpg.rf.<hash>`` export suffix (``"GBG_016_jpg.rf.ab12"`` -> ``"GBG_016"``)."""
+    stem = Path(name).stem if Path(name).suffix.lower() in IMAGE_SUFFIXES + (".txt",) else Path(name).name
+    return _ROBOFLOW.sub("", stem)
+
+
+def group_of(name: str | Path, pattern: str | None = None) -> str:
+    """Source scene id of an image file name.
+
+    The Roboflow suffix is stripped first; with ``pattern`` (a regular expression searched in that stem)
+    the first capture group (or the whole match) is the scene id, else the stem itself is.
+    """
+    stem = roboflow_stem(name)
+    if pattern:
+        m = re.search(pattern, stem)
+        if m:
+            return m.group(1) if m.groups() and m.group(1) is not None else m.group(0)
+    return stem
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` of an image from its header, without decoding the pixels.
+
+    Raises:
+        LabelError: the file is missing or not an image.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return int(im.size[0]), int(im.size[1])
+    except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
+        raise LabelError(f"{path}: cannot read the image header ({e})") from e
+
+
+def find_image(directory: Path, stem: str) -> Path | None:
+    """The image file ``directory/stem.<image suffix>``, or ``None``."""
+    for suf in IMAGE_SUFFIXES:
+        for s in (suf, suf.upper()):
+            p = directory / f"{stem}{s}"
+            if p.is_file():
+                return p
+    return None
+
+
+def list_images(directory: Path) -> list[Path]:
+    """Image files directly inside ``directory``, sorted by name."""
+    if not directory.is_dir():
+        raise LabelError(f"{directory}: image folder not found")
+    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def map_class(taxonomy: Taxonomy | None, dataset: str, source_cls: str) -> str:
+    """Our class for a source class (or the source class itself without a taxonomy)."""
+    if taxonomy is None:
+        return source_cls
+    return taxonomy.map(dataset, source_cls)
+
+
+def box_polygon(x1: float, y1: float, x2: float, y2: float) -> np.ndarray:
+    """Corners of an axis-aligned box, clockwise on screen from the top-left."""
+    return np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], dtype=np.float64)
+
+
+def min_area_rect(points: np.ndarray) -> np.ndarray:
+    """The minimum-area rotated rectangle ``(4, 2)`` enclosing ``points`` ``(K, 2)`` (shapely).
+
+    Degenerate inputs (all points on a line or one point) give a zero-width rectangle along that line.
+    """
+    import shapely
+
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    rect = shapely.minimum_rotated_rectangle(shapely.multipoints(pts))
+    if rect.geom_type == "Polygon":
+        coords = np.asarray(rect.exterior.coords, dtype=np.float64)[:4]
+    elif rect.geom_type == "LineString":
+        a, b = np.asarray(rect.coords, dtype=np.float64)[[0, -1]]
+        coords = np.stack([a, b, b, a])
+    else:  # a point
+        coords = np.repeat(pts[:1], 4, axis=0)
+    return coords
+
+
+class LineErrors:
+    """Raise or collect malformed-line errors for one label file, as ``on_error`` asks."""
+
+    def __init__(self, path: Path, on_error: OnError) -> None:
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.path = path
+        self.on_error = on_error
+        self.skipped: list[str] = []
+
+    def __call__(self, lineno: int | None, problem: str) -> None:
+        where = f"{self.path}:{lineno}" if lineno is not None else str(self.path)
+        msg = f"{where}: {problem}"
+        if self.on_error == "raise":
+            raise LabelError(msg)
+        logger.warning("skipped %s", msg)
+        self.skipped.append(msg)

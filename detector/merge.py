@@ -1,0 +1,235 @@
+"""Merge detections across tile seams, so that every object comes out once (rotated boxes included).
+
+Tiles overlap, so an object near a seam is seen by two or more tiles: whole in some, cut by the tile border
+in others. :func:`merge_detections` works on the detections of a whole scene, in scene pixels, in tile
+order, with one flag per detection saying whether it touches an *inner* tile edge (a tile border that is not
+the scene border), i.e. whether the model may have seen only part of the object:
+
+1. **Cut twins.** A cut detection that lies inside an uncut detection of the same class (give or take a
+   few pixels, see :data:`TWIN_TOLERANCE`) is dropped: the uncut tile saw the whole object.
+2. **Duplicates.** Greedy suppression in score order (stable, so ties keep tile order): a detection
+   suppresses lower-scored ones of the same class with IoU > ``iou``, and, where one of the two is cut,
+   with intersection over the smaller > ``ios``.
+3. **Pieces.** When the kept detection is itself cut, the cut detections it suppressed are pieces of the same
+   object (an object larger than the overlap is cut in every tile): the kept box grows to enclose them,
+   keeping its orientation.
+
+Overlaps are exact polygon areas, as in :func:`detector.geometry.polygon_overlaps`, computed only for the
+pairs whose enclosing boxes overlap; those pairs are found through a grid of cells (vectorised, no N x N
+matrix), so 30k detections over a scene cost about a second.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import shapely
+
+from detector.detections import Detections
+from detector.geometry import corners as footprint_corners
+from detector.geometry import corners_to_xyxy, xywhr_to_corners
+
+#: A cut detection is a piece of an uncut one when it lies inside it, grown by this fraction of its short side
+TWIN_TOLERANCE = 0.1
+#: ... and by at least this many pixels.
+TWIN_TOLERANCE_PX = 2.0
+
+
+def merge_detections(
+    dets: Detections,
+    iou: float = 0.5,
+    ios: float = 0.8,
+    tile_edges: np.ndarray | None = None,
+) -> Detections:
+    """Merge duplicates and seam-cut pieces of the same objects (see the module docstring).
+
+    Args:
+        dets: detections of one scene in scene pixels, in tile order (row-major tiles, then the order the
+            model returned them).
+        iou: same-class detections overlapping more than this (intersection over union) are duplicates.
+        ios: intersection over the smaller footprint above which a cut detection belongs to the other one.
+        tile_edges: bool ``(N,)``: True where the detection touches an inner edge of the tile it came from;
+            ``None`` means no detection is cut (plain class-aware NMS with the IoU test).
+
+    Returns:
+        The kept detections, in their input order, with grown boxes where pieces were joined.
+    """
+    n = len(dets)
+    if not 0 < iou <= 1 or not 0 < ios <= 1:
+        raise ValueError(f"iou and ios must be in (0, 1], got iou={iou!r}, ios={ios!r}")
+    cut = np.zeros(n, bool) if tile_edges is None else np.asarray(tile_edges, bool).reshape(-1)
+    if len(cut) != n:
+        raise ValueError(f"tile_edges has {len(cut)} flags for {n} detections")
+    if n < 2:
+        return dets
+
+    corners = footprint_corners(dets)
+    a, b, pair_iou, pair_ios = overlap_pairs(corners, dets.class_ids)
+
+    # 1. cut twins: a cut detection inside (give or take a few pixels) an uncut one of the same class
+    dropped = np.zeros(n, bool)
+    one_cut = cut[a] != cut[b]
+    piece = np.where(cut[a], a, b)[one_cut]
+    whole = np.where(cut[a], b, a)[one_cut]
+    dropped[piece[_inside(corners[piece], _rotated_boxes(dets)[whole])]] = True
+
+    # 2. greedy suppression in (stable) score order over the conflicting pairs only
+    conflict = ~dropped[a] & ~dropped[b] & ((pair_iou > iou) | ((pair_ios > ios) & (cut[a] | cut[b])))
+    a, b = a[conflict], b[conflict]
+    order = np.argsort(-dets.scores, kind="stable")
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
+    hi = np.where(rank[a] < rank[b], a, b)
+    lo = np.where(rank[a] < rank[b], b, a)
+    by_rank = np.lexsort((rank[lo], rank[hi]))
+    hi, lo = hi[by_rank], lo[by_rank]
+    bounds = np.flatnonzero(np.diff(hi)) + 1  # hi is grouped, groups in score order
+    starts, ends = (np.r_[0, bounds], np.r_[bounds, len(hi)]) if len(hi) else ([], [])
+
+    suppressed = dropped.copy()
+    pieces: dict[int, np.ndarray] = {}
+    for s, e in zip(list(starts), list(ends)):  # only detections that conflict with a lower-scored one
+        head = int(hi[s])
+        if suppressed[head]:
+            continue
+        others = lo[s:e]
+        others = others[~suppressed[others]]
+        suppressed[others] = True
+        if cut[head] and cut[others].any():
+            pieces[head] = others[cut[others]]
+
+    keep = np.flatnonzero(~suppressed)
+    out = dets[keep]
+    if not pieces:
+        return out
+    return _grow(out, keep, pieces, corners)
+
+
+def overlap_pairs(corners: np.ndarray, class_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """All overlapping same-class pairs ``i < j`` of footprints ``(N, K, 2)``, with their IoU and IoS.
+
+    Returns ``(i, j, iou, ios)``, each of length P (the pairs whose footprints intersect with a positive
+    area). The values equal those of :func:`detector.geometry.polygon_overlaps`, computed only for pairs
+    whose enclosing boxes overlap, found without an N x N matrix.
+    """
+    i, j = (np.zeros(0, np.int64),) * 2
+    if len(corners) > 1:
+        i, j = _candidate_pairs(corners_to_xyxy(corners), np.asarray(class_ids, np.int64))
+    if len(i) == 0:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, np.zeros(0), np.zeros(0)
+    polys = shapely.polygons(np.asarray(corners, np.float64))
+    area = shapely.area(polys)
+    inter = shapely.area(shapely.intersection(polys[i], polys[j]))
+    union = area[i] + area[j] - inter
+    smaller = np.minimum(area[i], area[j])
+    iou = np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+    ios = np.where(smaller > 0, inter / np.maximum(smaller, 1e-12), 0.0)
+    hit = inter > 0
+    return i[hit], j[hit], iou[hit], ios[hit]
+
+
+def _candidate_pairs(boxes: np.ndarray, class_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Same-class pairs ``i < j`` whose axis-aligned boxes ``(N, 4)`` overlap, without an N x N matrix.
+
+    Boxes go into square cells at least as large as 99 % of them, so two overlapping boxes have their
+    centres in the same or neighbouring cells: each cell is paired with itself and 4 of its 8 neighbours
+    (the other 4 pair with it from their side). The few larger boxes are paired with every box.
+    """
+    extent = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    cell = max(float(np.quantile(extent, 0.99)), 1.0)
+    big = extent > cell
+    small = np.flatnonzero(~big)
+    found_i, found_j = [], []
+
+    centre = (boxes[small, :2] + boxes[small, 2:]) / 2
+    grid = np.floor((centre - centre.min(axis=0)) / cell).astype(np.int64) + 1  # 1-based: neighbours never wrap
+    nx, ny = int(grid[:, 0].max()) + 2, int(grid[:, 1].max()) + 2
+    key = (class_ids[small] * ny + grid[:, 1]) * nx + grid[:, 0]
+    order = np.argsort(key, kind="stable")
+    key, members = key[order], small[order]
+    position = np.arange(len(key))
+    for dy, dx in ((0, 0), (0, 1), (1, -1), (1, 0), (1, 1)):
+        target = key + dy * nx + dx
+        lo = np.searchsorted(key, target, "left")
+        hi = np.searchsorted(key, target, "right")
+        if dy == dx == 0:
+            lo = position + 1  # within a cell: each pair once
+        counts = np.maximum(hi - lo, 0)
+        src = np.repeat(position, counts)
+        dst = lo[src] + np.arange(len(src)) - np.repeat(np.cumsum(counts) - counts, counts)
+        found_i.append(members[src])
+        found_j.append(members[dst])
+
+    for rows in np.array_split(np.flatnonzero(big), int(big.sum()) // 256 + 1):
+        if len(rows) == 0:
+            continue
+        a = boxes[rows][:, None, :]
+        b = boxes[None, :, :]
+        src, dst = np.nonzero(
+            (class_ids[rows][:, None] == class_ids[None, :])
+            & (a[..., 0] < b[..., 2])
+            & (b[..., 0] < a[..., 2])
+            & (a[..., 1] < b[..., 3])
+            & (b[..., 1] < a[..., 3])
+        )
+        src = rows[src]
+        keep = (src != dst) & (~big[dst] | (src < dst))
+        found_i.append(src[keep])
+        found_j.append(dst[keep])
+
+    i, j = np.concatenate(found_i), np.concatenate(found_j)
+    touch = (
+        (boxes[i, 0] < boxes[j, 2])
+        & (boxes[j, 0] < boxes[i, 2])
+        & (boxes[i, 1] < boxes[j, 3])
+        & (boxes[j, 1] < boxes[i, 3])
+    )
+    i, j = i[touch], j[touch]
+    return np.minimum(i, j), np.maximum(i, j)
+
+
+def _rotated_boxes(dets: Detections) -> np.ndarray:
+    """``(N, 5)`` xywhr of every detection (angle 0 for axis-aligned ones)."""
+    if dets.xywhr is not None:
+        return dets.xywhr
+    xyxy = dets.xyxy
+    return np.column_stack([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2], np.zeros(len(xyxy))])
+
+
+def _inside(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Whether all points ``(P, K, 2)`` lie in their rotated box ``(P, 5)`` grown by a small tolerance.
+
+    The tolerance (10 % of the box's short side, at least 2 px) absorbs the localisation noise of a thin
+    piece along a tile edge, whose overlap ratio alone would swing with a pixel.
+    """
+    d = points - boxes[:, None, :2]
+    cos, sin = np.cos(boxes[:, 4:5]), np.sin(boxes[:, 4:5])
+    pu = d[..., 0] * cos + d[..., 1] * sin
+    pv = -d[..., 0] * sin + d[..., 1] * cos
+    w, h = boxes[:, 2:3], boxes[:, 3:4]
+    tol = np.maximum(TWIN_TOLERANCE_PX, TWIN_TOLERANCE * np.minimum(w, h))
+    return ((np.abs(pu) <= w / 2 + tol) & (np.abs(pv) <= h / 2 + tol)).all(axis=1)
+
+
+def _grow(out: Detections, keep: np.ndarray, pieces: dict[int, np.ndarray], corners: np.ndarray) -> Detections:
+    """Grow kept boxes to enclose their pieces; rotated boxes keep the kept detection's angle."""
+    xyxy = out.xyxy.copy()
+    xywhr = None if out.xywhr is None else out.xywhr.copy()
+    row_of = {int(k): r for r, k in enumerate(keep)}
+    for head, others in pieces.items():
+        r = row_of[head]
+        points = corners[np.append(others, head)].reshape(-1, 2)
+        if xywhr is None:
+            xyxy[r] = np.concatenate([points.min(axis=0), points.max(axis=0)])
+            continue
+        angle = xywhr[r, 4]
+        u = np.array([np.cos(angle), np.sin(angle)])
+        v = np.array([-np.sin(angle), np.cos(angle)])
+        pu, pv = points @ u, points @ v
+        cu, cv = (pu.min() + pu.max()) / 2, (pv.min() + pv.max()) / 2
+        centre = cu * u + cv * v
+        xywhr[r] = [centre[0], centre[1], pu.max() - pu.min(), pv.max() - pv.min(), angle]
+        xyxy[r] = corners_to_xyxy(xywhr_to_corners(xywhr[r : r + 1]))[0]
+    return replace(out, xyxy=xyxy, xywhr=xywhr)

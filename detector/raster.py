@@ -1,0 +1,415 @@
+"""Open a scene and read it window by window: band choice, radiometry, nodata and ground sample distance.
+
+A :class:`Scene` wraps one raster that GDAL can read (GeoTIFF, COG, JPEG, PNG, JPEG 2000, ...) or an
+in-memory numpy image. :meth:`Scene.read` returns one window as the model sees it:
+
+* ``rgb``: ``uint8`` array ``(rows, cols, 3)``, RGB channel order, values 0-255, after the scene's
+  :class:`Stretch` (8-bit data passes unchanged; 16-bit and float data go through one per-scene percentile
+  stretch computed once when the scene is opened, never per tile and never by dividing by 255).
+* ``valid``: ``bool`` array ``(rows, cols)``, False where the pixel is nodata, masked (alpha band, internal
+  mask), not finite, or outside the scene (windows may pass the scene edge: they are padded with zeros).
+
+The whole scene is never read at full resolution: the stretch comes from the overviews or from a decimated
+read of at most about one megapixel.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.io import MemoryFile
+from rasterio.windows import Window
+
+logger = logging.getLogger(__name__)
+
+#: Percentiles of the per-band stretch for data that is not 8-bit.
+STRETCH_PERCENTILES: tuple[float, float] = (0.5, 99.5)
+#: Pixel budget of the decimated read that the stretch is computed from.
+SAMPLE_PIXELS = 1_000_000
+#: Rasters with more pixels than this, stored in strips, get a warning about slow windowed reads.
+STRIPED_WARN_PIXELS = 8192 * 8192
+
+_ARRAY_NAME = "<array>"
+
+
+class RasterError(Exception):
+    """A raster that cannot be used: the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Stretch:
+    """Per-channel linear stretch ``low -> 0``, ``high -> 255`` (clipped), to ``uint8``.
+
+    ``low``/``high`` are ``None`` for the identity (8-bit data, passed through unchanged).
+    """
+
+    low: np.ndarray | None = None
+    high: np.ndarray | None = None
+
+    @property
+    def is_identity(self) -> bool:
+        return self.low is None
+
+    def apply(self, data: np.ndarray) -> np.ndarray:
+        """``(3, rows, cols)`` band data of any real dtype -> ``(rows, cols, 3)`` uint8 RGB."""
+        if self.low is None or self.high is None:
+            return np.ascontiguousarray(np.moveaxis(data, 0, -1)).astype(np.uint8, copy=False)
+        low = self.low.astype(np.float32)[:, None, None]
+        scale = (255.0 / np.maximum(self.high - self.low, 1e-12)).astype(np.float32)[:, None, None]
+        out = (data.astype(np.float32) - low) * scale
+        out = np.nan_to_num(out, nan=0.0, posinf=255.0, neginf=0.0)
+        return np.moveaxis(np.clip(out + 0.5, 0, 255).astype(np.uint8), 0, -1).copy()
+
+    @classmethod
+    def from_sample(cls, sample: np.ndarray, valid: np.ndarray, dtype: str) -> Stretch:
+        """The stretch for ``sample`` ``(C, rows, cols)`` with validity ``(rows, cols)`` of ``dtype``."""
+        if np.dtype(dtype) == np.uint8:
+            return cls()
+        lows, highs = [], []
+        for band in sample:
+            values = band[valid & np.isfinite(band)]
+            if values.size == 0:
+                lows.append(0.0)
+                highs.append(1.0)
+                continue
+            lo, hi = np.percentile(values.astype(np.float64), STRETCH_PERCENTILES)
+            lows.append(float(lo))
+            highs.append(float(hi) if hi > lo else float(lo) + 1.0)
+        return cls(np.asarray(lows), np.asarray(highs))
+
+
+class Scene:
+    """One open raster, read window by window. Use :func:`open_scene` or :meth:`from_array`.
+
+    Attributes:
+        path: the file name (``"<array>"`` for in-memory images), used in every error message.
+        width, height: scene size in pixels (columns, rows).
+        count: number of bands in the file.
+        dtype: numpy dtype name of the bands that are read.
+        bands: the 1-based band indexes read as ``(red, green, blue)``.
+        crs: ``rasterio.crs.CRS`` or ``None``.
+        transform: affine pixel -> CRS transform of the full-resolution scene, or ``None`` when the image
+            carries no georeferencing.
+        gsd: ground sample distance in metres per pixel, or ``None`` when unknown.
+        stretch: the per-scene :class:`Stretch` applied in :meth:`read`.
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        *,
+        path: str,
+        bands: tuple[int, ...] | None = None,
+        gsd: float | None = None,
+        memfile: MemoryFile | None = None,
+    ) -> None:
+        self._ds = dataset
+        self._memfile = memfile
+        self.path = path
+        self.width: int = dataset.width
+        self.height: int = dataset.height
+        self.count: int = dataset.count
+        if self.width <= 0 or self.height <= 0 or self.count <= 0:
+            raise RasterError(f"{path}: empty scene ({self.width}x{self.height} px, {self.count} bands)")
+        self.bands = _choose_bands(dataset, path, bands)
+        self._unique = tuple(dict.fromkeys(self.bands))
+        self._pick = [self._unique.index(b) for b in self.bands]
+        dtypes = {dataset.dtypes[b - 1] for b in self._unique}
+        for dt in dtypes:
+            if np.dtype(dt).kind not in "uif":
+                raise RasterError(f"{path}: unsupported data type {dt} (need integer or real-valued bands)")
+        self.dtype: str = str(np.result_type(*dtypes))
+        self._float = np.dtype(self.dtype).kind == "f"
+        self._lut = _palette(dataset, path, self.bands)
+        self._masked = any(
+            dataset.mask_flag_enums[b - 1] != [MaskFlags.all_valid] for b in self._unique
+        )
+        self.crs = dataset.crs
+        georeferenced = dataset.crs is not None or dataset.transform != Affine.identity()
+        self.transform: Affine | None = dataset.transform if georeferenced else None
+        if not georeferenced and (dataset.gcps[0] or dataset.rpcs):
+            logger.warning(
+                "%s has GCPs/RPCs but no geotransform: outputs stay in pixel coordinates "
+                "(orthorectify first, e.g. gdalwarp -rpc or -tps)",
+                path,
+            )
+        if gsd is not None and not gsd > 0:
+            raise ValueError(f"gsd must be a positive number of metres per pixel, got {gsd!r}")
+        self.gsd: float | None = float(gsd) if gsd is not None else _gsd_from_georeferencing(
+            self.crs, self.transform, self.width, self.height
+        )
+        self._warn_if_striped()
+        self.stretch = self._compute_stretch()
+
+    # -- construction -------------------------------------------------------------------------------
+
+    @classmethod
+    def from_array(cls, array: np.ndarray, gsd: float | None = None, bands: tuple[int, ...] | None = None) -> Scene:
+        """An in-memory image ``(rows, cols)`` or ``(rows, cols, channels)`` as a scene without georeferencing.
+
+        Channels are RGB (RGBA: the 4th channel is alpha); 8-bit data passes unchanged, other integer and
+        float data are stretched like a file. The array is copied into an in-memory GeoTIFF.
+        """
+        arr = np.asarray(array)
+        if arr.ndim == 2:
+            arr = arr[:, :, None]
+        if arr.ndim != 3:
+            raise RasterError(f"{_ARRAY_NAME}: expected an array of shape (rows, cols, channels), got {arr.shape}")
+        rows, cols, channels = arr.shape
+        if rows == 0 or cols == 0 or channels == 0:
+            raise RasterError(f"{_ARRAY_NAME}: empty scene (shape {arr.shape})")
+        if arr.dtype.kind not in "uif":
+            raise RasterError(f"{_ARRAY_NAME}: unsupported data type {arr.dtype} (need integer or real values)")
+        if arr.dtype == np.float16:
+            arr = arr.astype(np.float32)
+        memfile = MemoryFile()
+        profile = dict(driver="GTiff", width=cols, height=rows, count=channels, dtype=arr.dtype.name)
+        if rows >= 512 and cols >= 512:
+            profile.update(tiled=True, blockxsize=512, blockysize=512)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with memfile.open(**profile) as dst:
+                dst.write(np.moveaxis(arr, -1, 0))
+                if channels in (3, 4):
+                    dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha][
+                        :channels
+                    ]
+            dataset = memfile.open()
+        try:
+            return cls(dataset, path=_ARRAY_NAME, bands=bands, gsd=gsd, memfile=memfile)
+        except Exception:
+            dataset.close()
+            memfile.close()
+            raise
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    def read(self, window: Window, out_shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Read one window as ``(rgb uint8 (rows, cols, 3), valid bool (rows, cols))``.
+
+        Args:
+            window: the window in scene pixels; it may pass the scene edge (the outside is zero and invalid).
+            out_shape: ``(rows, cols)`` of the result; when it differs from the window size the window is
+                resampled (average when shrinking, bilinear when enlarging).
+        """
+        win = Window(window.col_off, window.row_off, window.width, window.height)
+        if out_shape is None:
+            out_shape = (int(round(win.height)), int(round(win.width)))
+        rows, cols = int(out_shape[0]), int(out_shape[1])
+        rgb = np.zeros((rows, cols, 3), np.uint8)
+        valid = np.zeros((rows, cols), bool)
+        if rows <= 0 or cols <= 0 or win.width <= 0 or win.height <= 0:
+            return rgb, valid
+        sx, sy = win.width / cols, win.height / rows
+        x0, y0 = max(win.col_off, 0), max(win.row_off, 0)
+        x1, y1 = min(win.col_off + win.width, self.width), min(win.row_off + win.height, self.height)
+        if x1 <= x0 or y1 <= y0:
+            return rgb, valid
+        # where the part inside the scene lands in the output
+        c0, c1 = round((x0 - win.col_off) / sx), round((x1 - win.col_off) / sx)
+        r0, r1 = round((y0 - win.row_off) / sy), round((y1 - win.row_off) / sy)
+        c0, c1, r0, r1 = max(c0, 0), min(c1, cols), max(r0, 0), min(r1, rows)
+        if c1 <= c0 or r1 <= r0:
+            return rgb, valid
+        inner = Window(x0, y0, x1 - x0, y1 - y0)
+        shape = (r1 - r0, c1 - c0)
+        resampling = Resampling.nearest
+        if shape != (round(inner.height), round(inner.width)):
+            resampling = Resampling.average if sx > 1 or sy > 1 else Resampling.bilinear
+        try:
+            if self._masked:
+                masks = self._ds.read_masks(self._unique, window=inner, out_shape=(len(self._unique), *shape))
+                ok = (masks > 0).any(axis=0)
+                if not ok.any():
+                    return rgb, valid
+            else:
+                ok = np.ones(shape, bool)
+            data = self._ds.read(
+                self._unique, window=inner, out_shape=(len(self._unique), *shape), resampling=resampling
+            )
+        except RasterioError as e:
+            raise RasterError(f"{self.path}: cannot read window {_fmt(win)} ({e})") from e
+        if self._float:
+            ok &= np.isfinite(data).all(axis=0)
+        if self._lut is not None:
+            part = self._lut[data[0].astype(np.intp)]
+        else:
+            part = self.stretch.apply(data[self._pick])
+        part[~ok] = 0
+        rgb[r0:r1, c0:c1] = part
+        valid[r0:r1, c0:c1] = ok
+        return rgb, valid
+
+    # -- lifetime -----------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the underlying dataset (and the in-memory file of :meth:`from_array`)."""
+        self._ds.close()
+        if self._memfile is not None:
+            self._memfile.close()
+
+    def __enter__(self) -> Scene:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        gsd = f"{self.gsd:.3g} m" if self.gsd else "unknown"
+        return (
+            f"Scene({self.path!r}, {self.width}x{self.height} px, bands {self.bands}, {self.dtype}, "
+            f"crs {self.crs}, gsd {gsd})"
+        )
+
+    # -- helpers ------------------------------------------------------------------------------------
+
+    def _compute_stretch(self) -> Stretch:
+        """Read a decimated sample (overviews when the file has them) once, for stretch and nodata checks."""
+        factor = max(1.0, math.sqrt(self.width * self.height / SAMPLE_PIXELS))
+        shape = (max(1, int(self.height / factor)), max(1, int(self.width / factor)))
+        try:
+            sample = self._ds.read(self._unique, out_shape=(len(self._unique), *shape))
+            if self._masked:
+                valid = (self._ds.read_masks(self._unique, out_shape=(len(self._unique), *shape)) > 0).any(axis=0)
+            else:
+                valid = np.ones(shape, bool)
+        except RasterioError as e:
+            raise RasterError(f"{self.path}: cannot read the image data, the file may be corrupt ({e})") from e
+        if self._float:
+            valid &= np.isfinite(sample).all(axis=0)
+        if not valid.any():
+            where = "" if factor == 1 else f" (in a {shape[1]}x{shape[0]} decimated sample)"
+            raise RasterError(f"{self.path}: every pixel is nodata or masked{where}")
+        if self._lut is not None:
+            return Stretch()
+        stretch = Stretch.from_sample(sample[self._pick], valid, self.dtype)
+        if not stretch.is_identity:
+            logger.debug("%s: %s stretch low %s high %s", self.path, self.dtype, stretch.low, stretch.high)
+        return stretch
+
+    def _warn_if_striped(self) -> None:
+        block_rows, block_cols = self._ds.block_shapes[0]
+        if self.width * self.height > STRIPED_WARN_PIXELS and block_cols >= self.width:
+            logger.warning(
+                "%s is a %dx%d raster stored in strips (blocks of %dx%d): windowed reads will be slow. "
+                "Convert it once: gdal_translate -co TILED=YES -co COMPRESS=DEFLATE %s tiled.tif",
+                self.path,
+                self.width,
+                self.height,
+                block_cols,
+                block_rows,
+                self.path,
+            )
+
+
+def open_scene(path: str | Path, bands: tuple[int, ...] | None = None, gsd: float | None = None) -> Scene:
+    """Open a raster for windowed reading (use it as a context manager).
+
+    Args:
+        path: any raster GDAL reads (GeoTIFF, COG, JPEG, PNG, JPEG 2000, VRT, ``/vsi...`` paths).
+        bands: 1-based band indexes to read as ``(red, green, blue)``, or one index for a gray image;
+            default: the bands whose colour interpretation is red/green/blue, else the first three, a
+            single band replicated to gray, gray + alpha as gray.
+        gsd: ground sample distance in metres per pixel, overriding what the georeferencing says (useful
+            for PNG/JPEG files without georeferencing).
+
+    Raises:
+        RasterError: missing file, not a raster GDAL can read, unsupported data type, wrong band count,
+            empty scene, every pixel nodata. The message names the file.
+    """
+    name = str(path)
+    if not name.startswith("/vsi") and "://" not in name and not Path(name).exists():
+        raise RasterError(f"{name}: file not found")
+    if Path(name).is_dir():
+        raise RasterError(f"{name}: is a directory, not a raster file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            dataset = rasterio.open(name)
+    except RasterioError as e:
+        raise RasterError(f"{name}: not a raster GDAL can read ({e})") from e
+    try:
+        return Scene(dataset, path=name, bands=bands, gsd=gsd)
+    except Exception:
+        dataset.close()
+        raise
+
+
+def _choose_bands(dataset: Any, path: str, bands: tuple[int, ...] | None) -> tuple[int, int, int]:
+    """The ``(red, green, blue)`` band indexes, from ``bands`` or from the colour interpretation."""
+    count = dataset.count
+    if bands is not None:
+        chosen = tuple(int(b) for b in bands)
+        if len(chosen) not in (1, 3):
+            raise RasterError(f"{path}: bands must name 1 (gray) or 3 (red, green, blue) bands, got {bands!r}")
+        bad = [b for b in chosen if not 1 <= b <= count]
+        if bad:
+            raise RasterError(f"{path}: band {bad[0]} does not exist (the file has {count} bands, numbered from 1)")
+        return (chosen[0],) * 3 if len(chosen) == 1 else chosen  # type: ignore[return-value]
+    interp = list(dataset.colorinterp)
+    where = {ci: i + 1 for i, ci in reversed(list(enumerate(interp)))}
+    if all(ci in where for ci in (ColorInterp.red, ColorInterp.green, ColorInterp.blue)):
+        return where[ColorInterp.red], where[ColorInterp.green], where[ColorInterp.blue]
+    image_bands = [i + 1 for i, ci in enumerate(interp) if ci != ColorInterp.alpha]
+    if len(image_bands) == 1:
+        return (image_bands[0],) * 3  # type: ignore[return-value]
+    if len(image_bands) == 2:
+        raise RasterError(
+            f"{path}: has 2 image bands, which is neither gray nor RGB; choose them with bands=(r, g, b) "
+            f"(or one band for gray)"
+        )
+    if len(image_bands) == 0:
+        raise RasterError(f"{path}: has only alpha bands ({count} bands)")
+    return image_bands[0], image_bands[1], image_bands[2]
+
+
+def _palette(dataset: Any, path: str, bands: tuple[int, int, int]) -> np.ndarray | None:
+    """A ``(65536, 3)`` lookup table when one paletted band is read, else ``None``."""
+    if len(set(bands)) != 1 or dataset.colorinterp[bands[0] - 1] != ColorInterp.palette:
+        return None
+    try:
+        cmap = dataset.colormap(bands[0])
+    except ValueError:
+        return None
+    lut = np.zeros((65536, 3), np.uint8)
+    for index, rgba in cmap.items():
+        if 0 <= index < len(lut):
+            lut[index] = rgba[:3]
+    return lut
+
+
+def _gsd_from_georeferencing(crs: Any, transform: Affine | None, width: int, height: int) -> float | None:
+    """Metres per pixel: linear units -> metres for projected CRSs, a local approximation for geographic."""
+    if crs is None or transform is None:
+        return None
+    a, b, _, d, e, _ = transform[:6]
+    pixel_area = abs(a * e - b * d)  # in CRS units squared; the geometric mean handles non-square pixels
+    if pixel_area == 0:
+        return None
+    if crs.is_projected:
+        try:
+            factor = float(crs.linear_units_factor[1])
+        except Exception:  # noqa: BLE001 - unknown units: GSD unknown, the user may pass it
+            return None
+        return math.sqrt(pixel_area) * factor
+    if crs.is_geographic:
+        _, lat = transform * (width / 2, height / 2)
+        phi = math.radians(max(-89.9, min(89.9, lat)))
+        m_per_deg_lat = 111132.92 - 559.82 * math.cos(2 * phi) + 1.175 * math.cos(4 * phi)
+        m_per_deg_lon = 111412.84 * math.cos(phi) - 93.5 * math.cos(3 * phi)
+        return math.sqrt(pixel_area * m_per_deg_lat * m_per_deg_lon)
+    return None
+
+
+def _fmt(win: Window) -> str:
+    return f"(col {win.col_off:g}, row {win.row_off:g}, {win.width:g}x{win.height:g})"

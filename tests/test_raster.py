@@ -1,0 +1,286 @@
+"""Opening scenes: band choice, radiometry, nodata, windowed reads, GSD and errors that name the file."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from PIL import Image
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp
+from rasterio.windows import Window
+
+from detector.raster import RasterError, Scene, open_scene
+from _fixtures import write_geotiff
+
+
+def _ramp(rows: int = 64, cols: int = 80, count: int = 3, dtype: str = "uint8") -> np.ndarray:
+    values = np.arange(rows * cols).reshape(rows, cols) % 251
+    return np.stack([(values + 50 * b) % 251 for b in range(count)]).astype(dtype)
+
+
+# -- band choice ---------------------------------------------------------------------------------------
+
+
+def test_bands_follow_colour_interpretation(tmp_path: Path) -> None:
+    data = _ramp()
+    path = write_geotiff(tmp_path / "bgr.tif", data, colorinterp=[ColorInterp.blue, ColorInterp.green, ColorInterp.red])
+    with open_scene(path) as scene:
+        assert scene.bands == (3, 2, 1)
+        rgb, valid = scene.read(Window(0, 0, 80, 64))
+    np.testing.assert_array_equal(rgb, np.moveaxis(data[::-1], 0, -1))  # 8-bit passes unchanged
+    assert valid.all()
+
+
+@pytest.mark.parametrize(
+    ("count", "interp", "bands", "expected"),
+    [
+        (1, [ColorInterp.gray], None, (1, 1, 1)),
+        (2, [ColorInterp.gray, ColorInterp.alpha], None, (1, 1, 1)),
+        (4, [ColorInterp.undefined] * 4, None, (1, 2, 3)),
+        (4, [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha], None, (1, 2, 3)),
+        (4, [ColorInterp.undefined] * 4, (4, 3, 2), (4, 3, 2)),
+        (2, [ColorInterp.undefined] * 2, (2,), (2, 2, 2)),
+    ],
+)
+def test_band_choice(tmp_path: Path, count: int, interp, bands, expected) -> None:
+    path = write_geotiff(tmp_path / "b.tif", _ramp(count=count), colorinterp=interp)
+    with open_scene(path, bands=bands) as scene:
+        assert scene.bands == expected
+        rgb, _ = scene.read(Window(0, 0, 8, 8))
+        assert rgb.shape == (8, 8, 3)
+
+
+def test_two_band_raster_is_an_error_naming_file_and_count(tmp_path: Path) -> None:
+    path = write_geotiff(tmp_path / "two.tif", _ramp(count=2), colorinterp=[ColorInterp.undefined] * 2)
+    with pytest.raises(RasterError, match=r"two\.tif.*2 image bands.*bands="):
+        open_scene(path)
+
+
+def test_band_out_of_range_is_an_error(tmp_path: Path) -> None:
+    path = write_geotiff(tmp_path / "rgb.tif", _ramp())
+    with pytest.raises(RasterError, match=r"rgb\.tif: band 5 does not exist \(the file has 3 bands"):
+        open_scene(path, bands=(5, 2, 1))
+
+
+# -- radiometry ----------------------------------------------------------------------------------------
+
+
+def test_16_bit_data_is_stretched_once_per_scene_not_divided_by_255(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    data = rng.normal(900, 60, (3, 300, 300)).clip(1, None).astype("uint16")
+    data[:, 100:120, 100:140] = 3500  # a bright object
+    data[:, :, :100] = 0  # nodata: must not pull the stretch down to 0
+    path = write_geotiff(tmp_path / "u16.tif", data, nodata=0)
+    with open_scene(path) as scene:
+        assert scene.dtype == "uint16"
+        assert scene.stretch.low.min() > 600  # percentiles of valid pixels only
+        obj, _ = scene.read(Window(100, 100, 40, 20))
+        background, valid = scene.read(Window(150, 150, 100, 100))
+        nodata, nodata_valid = scene.read(Window(0, 0, 50, 50))
+    assert obj.min() == 255
+    assert 80 < np.median(background) < 180  # mid-grey, not 900 / 255 = 3
+    assert valid.all() and not nodata_valid.any() and not nodata.any()
+
+
+def test_stretch_is_the_same_for_every_window(tmp_path: Path) -> None:
+    data = np.tile(np.linspace(0, 4000, 400, dtype="float32"), (3, 400, 1))
+    path = write_geotiff(tmp_path / "f32.tif", data)
+    with open_scene(path) as scene:
+        left, _ = scene.read(Window(190, 0, 20, 20))
+        whole, _ = scene.read(Window(0, 0, 400, 400))
+    np.testing.assert_array_equal(left, whole[0:20, 190:210])
+
+
+def test_float_nan_is_invalid(tmp_path: Path) -> None:
+    data = np.ones((1, 50, 50), "float32")
+    data[0, :, 25:] = np.nan
+    data[0, 10, 10] = 5
+    path = write_geotiff(tmp_path / "nan.tif", data, colorinterp=[ColorInterp.gray])
+    with open_scene(path) as scene:
+        rgb, valid = scene.read(Window(0, 0, 50, 50))
+    assert valid[:, :25].all() and not valid[:, 25:].any()
+    assert (rgb[:, 25:] == 0).all()
+
+
+# -- masks and windows ---------------------------------------------------------------------------------
+
+
+def test_alpha_band_and_internal_mask_make_pixels_invalid(tmp_path: Path) -> None:
+    data = np.concatenate([_ramp(), np.full((1, 64, 80), 255, "uint8")])
+    data[3, :10] = 0
+    path = write_geotiff(tmp_path / "rgba.tif", data, colorinterp=[ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha])
+    with open_scene(path) as scene:
+        _, valid = scene.read(Window(0, 0, 80, 64))
+    assert not valid[:10].any() and valid[10:].all()
+
+    path = write_geotiff(tmp_path / "masked.tif", _ramp())
+    with rasterio.open(path, "r+") as ds:
+        mask = np.full((64, 80), 255, "uint8")
+        mask[:, :5] = 0
+        ds.write_mask(mask)
+    with open_scene(path) as scene:
+        _, valid = scene.read(Window(0, 0, 80, 64))
+    assert not valid[:, :5].any() and valid[:, 5:].all()
+
+
+def test_window_past_the_edge_is_padded_and_invalid(tmp_path: Path) -> None:
+    data = _ramp()
+    path = write_geotiff(tmp_path / "small.tif", data)
+    with open_scene(path) as scene:
+        rgb, valid = scene.read(Window(-10, 50, 100, 30))
+    assert rgb.shape == (30, 100, 3)
+    np.testing.assert_array_equal(rgb[:14, 10:90], np.moveaxis(data[:, 50:64, :], 0, -1))
+    assert valid[:14, 10:90].all()
+    assert not valid[14:].any() and not valid[:, :10].any() and not valid[:, 90:].any()
+    assert not rgb[14:].any()
+
+
+def test_resampled_read_averages(tmp_path: Path) -> None:
+    data = np.zeros((3, 64, 64), "uint8")
+    data[:, :, 1::2] = 200  # vertical stripes average to 100
+    path = write_geotiff(tmp_path / "stripes.tif", data)
+    with open_scene(path) as scene:
+        rgb, valid = scene.read(Window(0, 0, 64, 64), out_shape=(32, 32))
+        padded, pvalid = scene.read(Window(32, 32, 64, 64), out_shape=(32, 32))
+    assert rgb.shape == (32, 32, 3) and valid.all()
+    assert np.abs(rgb.astype(int) - 100).max() <= 1
+    assert pvalid[:16, :16].all() and not pvalid[16:].any() and not pvalid[:, 16:].any()
+
+
+# -- georeferencing and GSD ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("crs", "transform", "gsd"),
+    [
+        (CRS.from_epsg(32633), Affine(0.5, 0, 500000, 0, -0.5, 4e6), 0.5),
+        (CRS.from_epsg(2263), Affine(1, 0, 1e6, 0, -1, 2e5), 0.3048006),  # US survey feet
+        (CRS.from_epsg(32633), Affine.translation(5e5, 4e6) * Affine.rotation(30) * Affine.scale(0.3, -0.3), 0.3),
+        (CRS.from_epsg(4326), Affine(1e-5, 0, 10.0, 0, -1e-5, 0.5), 1.1095),  # equator: 1e-5 deg ~ 1.11 m
+        (CRS.from_epsg(4326), Affine(1e-5, 0, 10.0, 0, -1e-5, 60.0), 0.7850),  # 60 deg N: lon shrinks by 2
+    ],
+)
+def test_gsd_in_metres(tmp_path: Path, crs, transform, gsd: float) -> None:
+    path = write_geotiff(tmp_path / "g.tif", _ramp(), crs=crs, transform=transform)
+    with open_scene(path) as scene:
+        assert scene.gsd == pytest.approx(gsd, rel=2e-3)
+        assert scene.crs == crs
+        assert scene.transform.almost_equals(transform)
+    with open_scene(path, gsd=0.31) as scene:
+        assert scene.gsd == 0.31
+
+
+def test_png_without_georeferencing(tmp_path: Path) -> None:
+    array = np.moveaxis(_ramp(), 0, -1).copy()
+    Image.fromarray(array).save(tmp_path / "plain.png")
+    with open_scene(tmp_path / "plain.png") as scene:
+        assert scene.transform is None and scene.crs is None and scene.gsd is None
+        rgb, valid = scene.read(Window(0, 0, 80, 64))
+    np.testing.assert_array_equal(rgb, array)
+    assert valid.all()
+    with open_scene(tmp_path / "plain.png", gsd=0.5) as scene:
+        assert scene.gsd == 0.5
+
+
+def test_jpeg_and_paletted_png(tmp_path: Path) -> None:
+    array = np.moveaxis(_ramp(), 0, -1).copy()
+    Image.fromarray(array).save(tmp_path / "photo.jpg", quality=95)
+    with open_scene(tmp_path / "photo.jpg") as scene:
+        rgb, _ = scene.read(Window(0, 0, 80, 64))
+    assert np.abs(rgb.astype(int) - array).mean() < 8
+    paletted = Image.fromarray(np.zeros((20, 30, 3), "uint8") + [200, 30, 10]).convert("P")
+    paletted.save(tmp_path / "pal.png")
+    with open_scene(tmp_path / "pal.png") as scene:
+        rgb, _ = scene.read(Window(0, 0, 30, 20))
+    assert (np.abs(rgb.astype(int) - [200, 30, 10]) <= 8).all()
+
+
+def test_from_array() -> None:
+    array = np.moveaxis(_ramp(dtype="uint16") * 16, 0, -1)
+    with Scene.from_array(array, gsd=0.5) as scene:
+        assert (scene.width, scene.height, scene.dtype, scene.gsd, scene.transform) == (80, 64, "uint16", 0.5, None)
+        rgb, valid = scene.read(Window(0, 0, 80, 64))
+    assert rgb.max() == 255 and valid.all()
+    gray = _ramp(count=1)[0]
+    with Scene.from_array(gray) as scene:
+        rgb, _ = scene.read(Window(0, 0, 80, 64))
+    np.testing.assert_array_equal(rgb, np.repeat(gray[..., None], 3, axis=-1))
+
+
+def test_real_landsat_geotiff(shared_data: Path) -> None:
+    with open_scene(shared_data / "geotiff" / "RGB.byte.tif") as scene:
+        assert scene.crs == CRS.from_epsg(32618)
+        assert scene.gsd == pytest.approx(300.04, rel=1e-3)
+        rgb, valid = scene.read(Window(0, 0, 64, 64))
+    assert not valid[0, 0]  # nodata corner of the rotated Landsat footprint
+    assert (rgb[~valid] == 0).all()
+
+
+# -- layout warnings and errors ------------------------------------------------------------------------
+
+
+def test_big_striped_raster_warns_with_the_fix(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    profile = dict(driver="GTiff", width=9000, height=8000, count=1, dtype="uint8", SPARSE_OK=True)
+    with rasterio.open(tmp_path / "striped.tif", "w", **profile):
+        pass  # sparse: no data written, the file stays tiny
+    with caplog.at_level(logging.WARNING, logger="detector.raster"):
+        open_scene(tmp_path / "striped.tif").close()
+    assert "gdal_translate -co TILED=YES -co COMPRESS=DEFLATE" in caplog.text
+    assert "striped.tif" in caplog.text
+    caplog.clear()
+    with rasterio.open(tmp_path / "tiled.tif", "w", tiled=True, **profile):
+        pass
+    with caplog.at_level(logging.WARNING, logger="detector.raster"):
+        open_scene(tmp_path / "tiled.tif").close()
+    assert "gdal_translate" not in caplog.text
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(RasterError, match=r"nope\.tif: file not found"):
+        open_scene(tmp_path / "nope.tif")
+
+
+def test_corrupt_bytes(tmp_path: Path) -> None:
+    (tmp_path / "junk.tif").write_bytes(np.random.default_rng(0).bytes(5000))
+    with pytest.raises(RasterError, match=r"junk\.tif: not a raster GDAL can read"):
+        open_scene(tmp_path / "junk.tif")
+
+
+def test_truncated_geotiff(tmp_path: Path) -> None:
+    data = np.random.default_rng(0).integers(0, 255, (3, 512, 512), dtype="uint8")
+    path = write_geotiff(tmp_path / "cut.tif", data, compress="deflate")
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 3])
+    with pytest.raises(RasterError, match=r"cut\.tif"):
+        with open_scene(path) as scene:
+            scene.read(Window(0, 0, 512, 512))
+
+
+def test_complex_data_type(tmp_path: Path) -> None:
+    path = write_geotiff(tmp_path / "complex.tif", np.ones((1, 16, 16), "complex64"), colorinterp=[ColorInterp.gray])
+    with pytest.raises(RasterError, match=r"complex\.tif: unsupported data type complex64"):
+        open_scene(path)
+
+
+def test_all_nodata_scene(tmp_path: Path) -> None:
+    path = write_geotiff(tmp_path / "empty.tif", np.zeros((3, 40, 40), "uint8"), nodata=0)
+    with pytest.raises(RasterError, match=r"empty\.tif: every pixel is nodata"):
+        open_scene(path)
+
+
+@pytest.mark.parametrize(
+    ("array", "match"),
+    [
+        (np.zeros((0, 10, 3), "uint8"), "empty scene"),
+        (np.zeros((4, 4, 3), "complex64"), "unsupported data type"),
+        (np.zeros((2, 3, 4, 5), "uint8"), "expected an array"),
+    ],
+)
+def test_bad_arrays(array: np.ndarray, match: str) -> None:
+    with pytest.raises(RasterError, match=match):
+        Scene.from_array(array)
