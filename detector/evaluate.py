@@ -757,7 +757,7 @@ def load_eval_set(
 
 
 def run(
-    weights: Sequence[str | Path],
+    weights: Sequence[str | Path | None],
     sets: Sequence[str] | None = None,
     data_root: str | Path | None = None,
     out_dir: str | Path = "out/eval",
@@ -815,7 +815,7 @@ def run(
     set_names = list(sets) if sets else list(cfg["sets"])
     tile_cfg = TileConfig(tile=tile, overlap=overlap)
     if command is None:
-        command = " ".join(shlex.quote(a) for a in sys.argv)
+        command = " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 

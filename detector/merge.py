@@ -10,9 +10,10 @@ the scene border), i.e. whether the model may have seen only part of the object:
 2. **Duplicates.** Greedy suppression in score order (stable, so ties keep tile order): a detection
    suppresses lower-scored ones of the same class with IoU > ``iou``, and, where one of the two is cut,
    with intersection over the smaller > ``ios``.
-3. **Pieces.** When the kept detection is itself cut, the cut detections it suppressed are pieces of the same
-   object (an object larger than the overlap is cut in every tile): the kept box grows to enclose them,
-   keeping its orientation.
+3. **Pieces.** Two cut detections from different tiles whose parts inside the region both tiles share
+   match (IoU > ``iou``) are pieces of one object larger than the overlap, cut in every tile that sees it.
+   When the kept detection is cut, it grows to enclose the cut detections it suppressed, keeping its
+   orientation. (An object spanning three tiles along one axis, larger than a tile, may stay in pieces.)
 
 Overlaps are exact polygon areas, as in :func:`detector.geometry.polygon_overlaps`, computed only for the
 pairs whose enclosing boxes overlap; those pairs are found through a grid of cells (vectorised, no N x N
@@ -41,6 +42,7 @@ def merge_detections(
     iou: float = 0.5,
     ios: float = 0.8,
     tile_edges: np.ndarray | None = None,
+    windows: np.ndarray | None = None,
 ) -> Detections:
     """Merge duplicates and seam-cut pieces of the same objects (see the module docstring).
 
@@ -51,6 +53,10 @@ def merge_detections(
         ios: intersection over the smaller footprint above which a cut detection belongs to the other one.
         tile_edges: bool ``(N,)``: True where the detection touches an inner edge of the tile it came from;
             ``None`` means no detection is cut (plain class-aware NMS with the IoU test).
+        windows: float ``(N, 4)``: ``(x0, y0, x1, y1)`` of the tile each detection came from, in scene pixels.
+            With it, two cut detections from different tiles are pieces of one object when their parts
+            inside the region both tiles share have IoU > ``iou`` (an object larger than the overlap is cut
+            in both tiles and its pieces overlap only there); without it, when their IoS > ``ios``.
 
     Returns:
         The kept detections, in their input order, with grown boxes where pieces were joined.
@@ -61,6 +67,8 @@ def merge_detections(
     cut = np.zeros(n, bool) if tile_edges is None else np.asarray(tile_edges, bool).reshape(-1)
     if len(cut) != n:
         raise ValueError(f"tile_edges has {len(cut)} flags for {n} detections")
+    if windows is not None and np.shape(windows) != (n, 4):
+        raise ValueError(f"windows must have shape ({n}, 4), got {np.shape(windows)}")
     if n < 2:
         return dets
 
@@ -75,7 +83,11 @@ def merge_detections(
     dropped[piece[_inside(corners[piece], _rotated_boxes(dets)[whole])]] = True
 
     # 2. greedy suppression in (stable) score order over the conflicting pairs only
-    conflict = ~dropped[a] & ~dropped[b] & ((pair_iou > iou) | ((pair_ios > ios) & (cut[a] | cut[b])))
+    conflict = (pair_iou > iou) | ((pair_ios > ios) & (cut[a] | cut[b]))
+    if windows is not None:
+        both = np.flatnonzero(cut[a] & cut[b] & ~conflict)
+        conflict[both] = _shared_iou(corners, np.asarray(windows, np.float64), a[both], b[both]) > iou
+    conflict &= ~dropped[a] & ~dropped[b]
     a, b = a[conflict], b[conflict]
     order = np.argsort(-dets.scores, kind="stable")
     rank = np.empty(n, np.int64)
@@ -89,7 +101,9 @@ def merge_detections(
 
     suppressed = dropped.copy()
     pieces: dict[int, np.ndarray] = {}
-    for s, e in zip(list(starts), list(ends)):  # only detections that conflict with a lower-scored one
+    for s, e in zip(
+        list(starts), list(ends), strict=True
+    ):  # only detections that conflict with a lower-scored one
         head = int(hi[s])
         if suppressed[head]:
             continue
@@ -106,7 +120,9 @@ def merge_detections(
     return _grow(out, keep, pieces, corners)
 
 
-def overlap_pairs(corners: np.ndarray, class_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def overlap_pairs(
+    corners: np.ndarray, class_ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """All overlapping same-class pairs ``i < j`` of footprints ``(N, K, 2)``, with their IoU and IoS.
 
     Returns ``(i, j, iou, ios)``, each of length P (the pairs whose footprints intersect with a positive
@@ -144,7 +160,9 @@ def _candidate_pairs(boxes: np.ndarray, class_ids: np.ndarray) -> tuple[np.ndarr
     found_i, found_j = [], []
 
     centre = (boxes[small, :2] + boxes[small, 2:]) / 2
-    grid = np.floor((centre - centre.min(axis=0)) / cell).astype(np.int64) + 1  # 1-based: neighbours never wrap
+    grid = (
+        np.floor((centre - centre.min(axis=0)) / cell).astype(np.int64) + 1
+    )  # 1-based: neighbours never wrap
     nx, ny = int(grid[:, 0].max()) + 2, int(grid[:, 1].max()) + 2
     key = (class_ids[small] * ny + grid[:, 1]) * nx + grid[:, 0]
     order = np.argsort(key, kind="stable")
@@ -190,6 +208,26 @@ def _candidate_pairs(boxes: np.ndarray, class_ids: np.ndarray) -> tuple[np.ndarr
     return np.minimum(i, j), np.maximum(i, j)
 
 
+def _shared_iou(corners: np.ndarray, windows: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of footprints ``a`` and ``b`` clipped to the region their two tiles share (0 where none)."""
+    shared = np.concatenate(
+        [np.maximum(windows[a, :2], windows[b, :2]), np.minimum(windows[a, 2:], windows[b, 2:])], 1
+    )
+    ok = (
+        (shared[:, 2] > shared[:, 0]) & (shared[:, 3] > shared[:, 1]) & (windows[a] != windows[b]).any(axis=1)
+    )
+    out = np.zeros(len(a))
+    if not ok.any():
+        return out
+    region = shapely.box(*shared[ok].T)
+    pa = shapely.intersection(shapely.polygons(corners[a[ok]]), region)
+    pb = shapely.intersection(shapely.polygons(corners[b[ok]]), region)
+    inter = shapely.area(shapely.intersection(pa, pb))
+    union = shapely.area(pa) + shapely.area(pb) - inter
+    out[ok] = np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+    return out
+
+
 def _rotated_boxes(dets: Detections) -> np.ndarray:
     """``(N, 5)`` xywhr of every detection (angle 0 for axis-aligned ones)."""
     if dets.xywhr is not None:
@@ -213,7 +251,9 @@ def _inside(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return ((np.abs(pu) <= w / 2 + tol) & (np.abs(pv) <= h / 2 + tol)).all(axis=1)
 
 
-def _grow(out: Detections, keep: np.ndarray, pieces: dict[int, np.ndarray], corners: np.ndarray) -> Detections:
+def _grow(
+    out: Detections, keep: np.ndarray, pieces: dict[int, np.ndarray], corners: np.ndarray
+) -> Detections:
     """Grow kept boxes to enclose their pieces; rotated boxes keep the kept detection's angle."""
     xyxy = out.xyxy.copy()
     xywhr = None if out.xywhr is None else out.xywhr.copy()

@@ -581,7 +581,8 @@ def compare_outputs(ref: np.ndarray, got: np.ndarray, meta: ModelMeta, atol: flo
     Raw heads ``(B, C, A)``: boxes (pixels) may differ by ``atol + atol * |value|`` (float32 rounding grows
     with the coordinate), scores and angle by ``atol``. End-to-end heads ``(B, K, 6|7)``: sorted scores must agree, and every row
     scoring above the last (k-th) row must have a partner in the other output with the same class and
-    score, box and angle within those tolerances (near ties may swap rows, so rows are matched as sets).
+    score, box and angle within those tolerances (near ties may swap rows, so rows are matched as sets; up to
+    1% may be unmatched, since a near tie at Ultralytics' first top-k cut over anchors changes the row set).
     """
     nc = len(meta.raw_names)
     if meta.end_to_end:
@@ -596,7 +597,9 @@ def compare_outputs(ref: np.ndarray, got: np.ndarray, meta: ModelMeta, atol: flo
             needed += int(need.sum())
             matched += int(match[need].any(axis=1).sum())
         report = {"score_sorted": sort_diff, "rows": float(needed), "rows_unmatched": float(needed - matched)}
-        ok = sort_diff <= atol and matched == needed
+        # Ultralytics picks the top-k anchors by best score first, then the top-k (anchor, class) pairs: an
+        # anchor at the first cut can change the row set away from the last row, so allow 1% unmatched rows.
+        ok = sort_diff <= atol and needed - matched <= 0.01 * needed
     else:
         boxes_ok = np.abs(ref[:, :4] - got[:, :4]) <= atol + atol * np.abs(ref[:, :4])
         report = {

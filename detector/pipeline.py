@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -130,6 +130,7 @@ class Detector:
             )
             parts: list[Detections] = []
             cut_flags: list[np.ndarray] = []
+            tile_bounds: list[np.ndarray] = []
             ran = 0
             if progress:
                 progress(0, total)
@@ -143,24 +144,37 @@ class Detector:
                                 f"{type(self.predictor).__name__}.predict_batch returned {len(results)} results "
                                 f"for {len(batch.tiles)} tiles"
                             )
-                        for window, valid, dets in zip(batch.windows, batch.valid, results):
+                        for window, valid, dets in zip(batch.windows, batch.valid, results, strict=True):
                             dets = _drop_nodata(dets, valid)
-                            cut_flags.append(_cut_by_inner_edge(dets, window, plan, scene.width, scene.height))
+                            cut_flags.append(
+                                _cut_by_inner_edge(dets, window, plan, scene.width, scene.height)
+                            )
                             parts.append(_to_scene(dets, window, plan.scale))
+                            tile_bounds.append(np.tile(_bounds(window), (len(dets), 1)))
                         ran += len(batch.tiles)
                     if progress:
                         progress(batch.done, total)
 
-            found = Detections.concatenate(parts) if parts else Detections.empty(meta.names, meta.task == "obb")
+            found = (
+                Detections.concatenate(parts) if parts else Detections.empty(meta.names, meta.task == "obb")
+            )
             merged = merge_detections(
                 found,
                 iou=self.merge_iou,
                 ios=self.merge_ios,
                 tile_edges=np.concatenate(cut_flags) if cut_flags else None,
+                windows=np.concatenate(tile_bounds) if tile_bounds else None,
             )
             if wanted is not None:
                 merged = merged[np.isin(merged.class_ids, wanted)]
-            logger.info("%s: %d detections (%d before merging), %d of %d tiles run", scene.path, len(merged), len(found), ran, total)
+            logger.info(
+                "%s: %d detections (%d before merging), %d of %d tiles run",
+                scene.path,
+                len(merged),
+                len(found),
+                ran,
+                total,
+            )
             return replace(
                 merged,
                 crs=scene.crs,
@@ -204,7 +218,7 @@ class _Batch:
     done: int = 0
 
 
-def _batches(scene: Scene, plan: TilePlan, size: int) -> Iterator[_Batch]:
+def _batches(scene: Scene, plan: TilePlan, size: int) -> Generator[_Batch, None, None]:
     """Read the plan's tiles in order, skipping those without valid pixels, ``size`` tiles per batch."""
     batch = _Batch()
     for k, window in enumerate(plan.windows):
@@ -221,7 +235,7 @@ def _batches(scene: Scene, plan: TilePlan, size: int) -> Iterator[_Batch]:
     yield batch
 
 
-def _read_ahead(items: Iterator[T]) -> Iterator[T]:
+def _read_ahead(items: Iterator[T]) -> Generator[T, None, None]:
     """Produce the next item in a background thread while the caller works on the current one.
 
     Only the worker thread touches ``items`` (one call at a time), so a raster dataset is never read from two
@@ -244,7 +258,11 @@ def _drop_nodata(dets: Detections, valid: np.ndarray) -> Detections:
     t = (np.arange(5) + 0.5) / 5
     s, u = np.meshgrid(t, t, indexing="ij")
     side1, side2 = c[:, 1] - c[:, 0], c[:, 3] - c[:, 0]
-    points = c[:, None, None, 0] + s[None, ..., None] * side1[:, None, None] + u[None, ..., None] * side2[:, None, None]
+    points = (
+        c[:, None, None, 0]
+        + s[None, ..., None] * side1[:, None, None]
+        + u[None, ..., None] * side2[:, None, None]
+    )
     col = np.floor(points[..., 0]).astype(np.int64)
     row = np.floor(points[..., 1]).astype(np.int64)
     inside = (col >= 0) & (col < valid.shape[1]) & (row >= 0) & (row < valid.shape[0])
@@ -254,7 +272,9 @@ def _drop_nodata(dets: Detections, valid: np.ndarray) -> Detections:
     return dets[fraction >= MIN_VALID_FRACTION]
 
 
-def _cut_by_inner_edge(dets: Detections, window: Window, plan: TilePlan, width: int, height: int) -> np.ndarray:
+def _cut_by_inner_edge(
+    dets: Detections, window: Window, plan: TilePlan, width: int, height: int
+) -> np.ndarray:
     """True where a detection (tile pixels) touches a tile edge that is not the scene edge."""
     x0, y0, x1, y1 = dets.xyxy.T
     hi = plan.size - EDGE_MARGIN
@@ -263,6 +283,12 @@ def _cut_by_inner_edge(dets: Detections, window: Window, plan: TilePlan, width: 
         | ((window.row_off > 0) & (y0 <= EDGE_MARGIN))
         | ((window.col_off + window.width < width) & (x1 >= hi))
         | ((window.row_off + window.height < height) & (y1 >= hi))
+    )
+
+
+def _bounds(window: Window) -> np.ndarray:
+    return np.array(
+        [window.col_off, window.row_off, window.col_off + window.width, window.row_off + window.height], float
     )
 
 

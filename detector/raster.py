@@ -131,9 +131,7 @@ class Scene:
         self.dtype: str = str(np.result_type(*dtypes))
         self._float = np.dtype(self.dtype).kind == "f"
         self._lut = _palette(dataset, path, self.bands)
-        self._masked = any(
-            dataset.mask_flag_enums[b - 1] != [MaskFlags.all_valid] for b in self._unique
-        )
+        self._masked = any(dataset.mask_flag_enums[b - 1] != [MaskFlags.all_valid] for b in self._unique)
         self.crs = dataset.crs
         georeferenced = dataset.crs is not None or dataset.transform != Affine.identity()
         self.transform: Affine | None = dataset.transform if georeferenced else None
@@ -145,8 +143,10 @@ class Scene:
             )
         if gsd is not None and not gsd > 0:
             raise ValueError(f"gsd must be a positive number of metres per pixel, got {gsd!r}")
-        self.gsd: float | None = float(gsd) if gsd is not None else _gsd_from_georeferencing(
-            self.crs, self.transform, self.width, self.height
+        self.gsd: float | None = (
+            float(gsd)
+            if gsd is not None
+            else _gsd_from_georeferencing(self.crs, self.transform, self.width, self.height)
         )
         self._warn_if_striped()
         self.stretch = self._compute_stretch()
@@ -154,7 +154,9 @@ class Scene:
     # -- construction -------------------------------------------------------------------------------
 
     @classmethod
-    def from_array(cls, array: np.ndarray, gsd: float | None = None, bands: tuple[int, ...] | None = None) -> Scene:
+    def from_array(
+        cls, array: np.ndarray, gsd: float | None = None, bands: tuple[int, ...] | None = None
+    ) -> Scene:
         """An in-memory image ``(rows, cols)`` or ``(rows, cols, channels)`` as a scene without georeferencing.
 
         Channels are RGB (RGBA: the 4th channel is alpha); 8-bit data passes unchanged, other integer and
@@ -164,12 +166,16 @@ class Scene:
         if arr.ndim == 2:
             arr = arr[:, :, None]
         if arr.ndim != 3:
-            raise RasterError(f"{_ARRAY_NAME}: expected an array of shape (rows, cols, channels), got {arr.shape}")
+            raise RasterError(
+                f"{_ARRAY_NAME}: expected an array of shape (rows, cols, channels), got {arr.shape}"
+            )
         rows, cols, channels = arr.shape
         if rows == 0 or cols == 0 or channels == 0:
             raise RasterError(f"{_ARRAY_NAME}: empty scene (shape {arr.shape})")
         if arr.dtype.kind not in "uif":
-            raise RasterError(f"{_ARRAY_NAME}: unsupported data type {arr.dtype} (need integer or real values)")
+            raise RasterError(
+                f"{_ARRAY_NAME}: unsupported data type {arr.dtype} (need integer or real values)"
+            )
         if arr.dtype == np.float16:
             arr = arr.astype(np.float32)
         memfile = MemoryFile()
@@ -181,9 +187,12 @@ class Scene:
             with memfile.open(**profile) as dst:
                 dst.write(np.moveaxis(arr, -1, 0))
                 if channels in (3, 4):
-                    dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha][
-                        :channels
-                    ]
+                    dst.colorinterp = [
+                        ColorInterp.red,
+                        ColorInterp.green,
+                        ColorInterp.blue,
+                        ColorInterp.alpha,
+                    ][:channels]
             dataset = memfile.open()
         try:
             return cls(dataset, path=_ARRAY_NAME, bands=bands, gsd=gsd, memfile=memfile)
@@ -280,11 +289,15 @@ class Scene:
         try:
             sample = self._ds.read(self._unique, out_shape=(len(self._unique), *shape))
             if self._masked:
-                valid = (self._ds.read_masks(self._unique, out_shape=(len(self._unique), *shape)) > 0).any(axis=0)
+                valid = (self._ds.read_masks(self._unique, out_shape=(len(self._unique), *shape)) > 0).any(
+                    axis=0
+                )
             else:
                 valid = np.ones(shape, bool)
         except RasterioError as e:
-            raise RasterError(f"{self.path}: cannot read the image data, the file may be corrupt ({e})") from e
+            raise RasterError(
+                f"{self.path}: cannot read the image data, the file may be corrupt ({e})"
+            ) from e
         if self._float:
             valid &= np.isfinite(sample).all(axis=0)
         if not valid.any():
@@ -351,10 +364,14 @@ def _choose_bands(dataset: Any, path: str, bands: tuple[int, ...] | None) -> tup
     if bands is not None:
         chosen = tuple(int(b) for b in bands)
         if len(chosen) not in (1, 3):
-            raise RasterError(f"{path}: bands must name 1 (gray) or 3 (red, green, blue) bands, got {bands!r}")
+            raise RasterError(
+                f"{path}: bands must name 1 (gray) or 3 (red, green, blue) bands, got {bands!r}"
+            )
         bad = [b for b in chosen if not 1 <= b <= count]
         if bad:
-            raise RasterError(f"{path}: band {bad[0]} does not exist (the file has {count} bands, numbered from 1)")
+            raise RasterError(
+                f"{path}: band {bad[0]} does not exist (the file has {count} bands, numbered from 1)"
+            )
         return (chosen[0],) * 3 if len(chosen) == 1 else chosen  # type: ignore[return-value]
     interp = list(dataset.colorinterp)
     where = {ci: i + 1 for i, ci in reversed(list(enumerate(interp)))}
@@ -399,11 +416,11 @@ def _gsd_from_georeferencing(crs: Any, transform: Affine | None, width: int, hei
     if crs.is_projected:
         try:
             factor = float(crs.linear_units_factor[1])
-        except Exception:  # noqa: BLE001 - unknown units: GSD unknown, the user may pass it
+        except Exception:  # unknown units: GSD unknown, the user may pass it
             return None
         return math.sqrt(pixel_area) * factor
     if crs.is_geographic:
-        _, lat = transform * (width / 2, height / 2)
+        _, lat = transform @ (width / 2, height / 2)
         phi = math.radians(max(-89.9, min(89.9, lat)))
         m_per_deg_lat = 111132.92 - 559.82 * math.cos(2 * phi) + 1.175 * math.cos(4 * phi)
         m_per_deg_lon = 111412.84 * math.cos(phi) - 93.5 * math.cos(3 * phi)

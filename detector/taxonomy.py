@@ -81,10 +81,14 @@ def taxonomy_from_dict(data: dict, path: Path | None = None) -> Taxonomy:
     """Build and validate a :class:`Taxonomy` from the parsed YAML structure (see ``configs/taxonomy.yaml``)."""
     where = str(path) if path else "taxonomy mapping"
     if not isinstance(data, dict) or "datasets" not in data:
-        raise TaxonomyError(f"{where}: expected a mapping with `classes` and `datasets`, got {type(data).__name__}")
+        raise TaxonomyError(
+            f"{where}: expected a mapping with `classes` and `datasets`, got {type(data).__name__}"
+        )
     classes = tuple(str(c) for c in data.get("classes", TAXONOMY))
     if classes != TAXONOMY:
-        raise TaxonomyError(f"{where}: `classes` must be {list(TAXONOMY)} (model class-id order), got {list(classes)}")
+        raise TaxonomyError(
+            f"{where}: `classes` must be {list(TAXONOMY)} (model class-id order), got {list(classes)}"
+        )
     table: dict[str, dict[str, str]] = {}
     for ds, mapping in (data["datasets"] or {}).items():
         if not isinstance(mapping, dict):

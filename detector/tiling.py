@@ -42,7 +42,9 @@ class TileConfig:
         if self.tile is not None and (int(self.tile) != self.tile or self.tile < 1):
             raise ValueError(f"TileConfig.tile must be a positive integer or None, got {self.tile!r}")
         if not self.overlap >= 0:
-            raise ValueError(f"TileConfig.overlap must be >= 0 (fraction below 1, else pixels), got {self.overlap!r}")
+            raise ValueError(
+                f"TileConfig.overlap must be >= 0 (fraction below 1, else pixels), got {self.overlap!r}"
+            )
         if int(self.batch) != self.batch or self.batch < 1:
             raise ValueError(f"TileConfig.batch must be a positive integer, got {self.batch!r}")
 
@@ -50,7 +52,9 @@ class TileConfig:
         """The overlap in pixels for tiles of ``tile`` pixels."""
         px = int(round(self.overlap * tile)) if self.overlap < 1 else int(round(self.overlap))
         if px >= tile:
-            raise ValueError(f"TileConfig.overlap of {self.overlap!r} gives {px} px, not less than the {tile} px tile")
+            raise ValueError(
+                f"TileConfig.overlap of {self.overlap!r} gives {px} px, not less than the {tile} px tile"
+            )
         return px
 
 

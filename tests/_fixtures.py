@@ -102,7 +102,11 @@ class BrightObjectPredictor:
         self.tiles = 0
 
     def predict_batch(self, tiles: np.ndarray) -> list[Detections]:
-        if tiles.dtype != np.uint8 or tiles.ndim != 4 or tiles.shape[1:] != (self.meta.imgsz, self.meta.imgsz, 3):
+        if (
+            tiles.dtype != np.uint8
+            or tiles.ndim != 4
+            or tiles.shape[1:] != (self.meta.imgsz, self.meta.imgsz, 3)
+        ):
             raise ValueError(f"bad tile batch {tiles.dtype} {tiles.shape}")
         self.calls += 1
         self.tiles += len(tiles)

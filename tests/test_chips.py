@@ -81,7 +81,9 @@ def test_chip_starts(length: int, chip: int, overlap: int, starts: list[int]) ->
     got = chip_starts(length, chip, overlap)
     assert got == starts
     assert got[-1] + chip >= length  # covers the axis
-    assert all(b - a <= chip - overlap for a, b in zip(got, got[1:]))  # neighbours share >= overlap
+    assert all(
+        b - a <= chip - overlap for a, b in zip(got, got[1:], strict=False)
+    )  # neighbours share >= overlap
 
 
 def test_clipping_at_chip_borders(tmp_path: Path) -> None:
@@ -102,8 +104,12 @@ def test_clipping_at_chip_borders(tmp_path: Path) -> None:
     assert sorted(labels) == ["a__P0001__s100_0_0", "a__P0001__s100_64_0"]
     left = sorted(labels["a__P0001__s100_0_0"])
     right = sorted(labels["a__P0001__s100_64_0"])
-    np.testing.assert_allclose(left, [[0, 20 / 64, 20 / 64, 20 / 64, 20 / 64], [0, 59 / 64, 45 / 64, 10 / 64, 10 / 64]])
-    np.testing.assert_allclose(right, [[0, 5 / 64, 45 / 64, 10 / 64, 10 / 64], [2, 7 / 64, 25 / 64, 14 / 64, 10 / 64]])
+    np.testing.assert_allclose(
+        left, [[0, 20 / 64, 20 / 64, 20 / 64, 20 / 64], [0, 59 / 64, 45 / 64, 10 / 64, 10 / 64]]
+    )
+    np.testing.assert_allclose(
+        right, [[0, 5 / 64, 45 / 64, 10 / 64, 10 / 64], [2, 7 / 64, 25 / 64, 14 / 64, 10 / 64]]
+    )
     train = summary.splits["train"]
     assert train["chips"] == 2 and train["empty_chips"] == 0
     assert train["instances"] == {"aircraft": 3, "helicopter": 0, "small-vehicle": 1, "large-vehicle": 0}
@@ -121,7 +127,9 @@ def test_clipping_at_chip_borders(tmp_path: Path) -> None:
 
 
 def test_higher_min_visible_drops_the_half_object(tmp_path: Path) -> None:
-    _scene(tmp_path / "data" / "a", "P0001", (128, 64), [("plane", 54, 40, 74, 50), ("plane", 10, 10, 30, 30)])
+    _scene(
+        tmp_path / "data" / "a", "P0001", (128, 64), [("plane", 54, 40, 74, 50), ("plane", 10, 10, 30, 30)]
+    )
     summary = build(_config(tmp_path, [_src("a", "a")], min_visible=0.6))
     assert summary.splits["train"]["instances"]["aircraft"] == 1
     assert summary.sources["a"]["cut_below_min_visible"] == 2
@@ -143,7 +151,9 @@ def test_obb_task_and_scales(tmp_path: Path) -> None:
 
 def test_empty_chip_share(tmp_path: Path) -> None:
     # 640x64 -> ten 64 px chips, objects in two of them
-    _scene(tmp_path / "data" / "a", "P0001", (640, 64), [("plane", 10, 10, 30, 30), ("car", 330, 10, 350, 30)])
+    _scene(
+        tmp_path / "data" / "a", "P0001", (640, 64), [("plane", 10, 10, 30, 30), ("car", 330, 10, 350, 30)]
+    )
     summary = build(_config(tmp_path, [_src("a", "a")], empty_share=0.5))
     s = summary.sources["a"]
     assert s["chips_with_objects_kept"] == 2 and s["empty_chips"] == 8 and s["empty_chips_kept"] == 2
@@ -170,7 +180,13 @@ def test_max_chips_keeps_priority_classes_and_covers_images(tmp_path: Path) -> N
 def test_splits_by_group_never_leak(tmp_path: Path) -> None:
     for g in range(12):
         for k in range(2):  # two frames per scene P00gg: they must land in one split
-            _scene(tmp_path / "data" / "a", f"P{g:04d}__{k}", (64, 64), [("plane", 10, 10, 30, 30)], seed=g * 10 + k)
+            _scene(
+                tmp_path / "data" / "a",
+                f"P{g:04d}__{k}",
+                (64, 64),
+                [("plane", 10, 10, 30, 30)],
+                seed=g * 10 + k,
+            )
     summary = build(_config(tmp_path, [_src("a", "a", split="auto", val_fraction=0.5)]))
     groups = {}
     for split in ("train", "val"):
@@ -215,7 +231,9 @@ def test_roboflow_duplicates_are_dropped(tmp_path: Path) -> None:
 
 def test_build_is_deterministic(tmp_path: Path) -> None:
     for i in range(4):
-        _scene(tmp_path / "data" / "a", f"P{i:04d}", (192, 128), [("plane", 20 * i, 30, 20 * i + 40, 60)], seed=i)
+        _scene(
+            tmp_path / "data" / "a", f"P{i:04d}", (192, 128), [("plane", 20 * i, 30, 20 * i + 40, 60)], seed=i
+        )
     cfg = _config(tmp_path, [_src("a", "a", split="auto", max_chips=5)], empty_share=0.3, seed=3)
     build(cfg, out=tmp_path / "o1")
     build(cfg, out=tmp_path / "o2")
@@ -248,3 +266,14 @@ def test_shipped_configs_parse() -> None:
         # evaluation sets never feed a build
         assert "test" not in paths and "demo" not in paths and "MunichStreet02" not in paths
         assert {s.split for s in cfg.sources} == {"train", "val"}
+
+
+def test_self_intersecting_outline_uses_its_hull(tmp_path: Path) -> None:
+    """A bow-tie outline: its hull (40x20) straddles the chip border 75/25; buffer(0) would keep one triangle."""
+    from training.chips import _clip_object
+
+    bowtie = np.array([[34, 10], [74, 30], [74, 10], [34, 30]], dtype=float)
+    frac, pts = _clip_object(bowtie, (0.0, 0.0, 64.0, 64.0), 0.5)
+    assert frac == pytest.approx(0.75)
+    assert pts is not None
+    np.testing.assert_allclose([pts.min(axis=0), pts.max(axis=0)], [[34, 10], [64, 30]])

@@ -53,7 +53,9 @@ def test_rotated_cut_piece_gives_way_to_its_whole_twin() -> None:
     whole = [300, 200, 120, 30, r]
     piece = [*(np.array([300, 200]) - 20 * u), 80, 30, r]  # the first 80 px of its length, cut by a tile edge
     other = [*(np.array([300, 200]) + 200 * u), 40, 20, r]
-    out = merge_detections(_obb([piece, whole, other], scores=[0.9, 0.6, 0.5]), tile_edges=np.array([True, False, False]))
+    out = merge_detections(
+        _obb([piece, whole, other], scores=[0.9, 0.6, 0.5]), tile_edges=np.array([True, False, False])
+    )
     np.testing.assert_allclose(out.xywhr, [whole, other])
 
 
@@ -116,7 +118,13 @@ def test_overlap_pairs_match_dense_polygon_overlaps() -> None:
     rng = np.random.default_rng(0)
     n = 600
     xywhr = np.column_stack(
-        [rng.uniform(0, 2000, n), rng.uniform(0, 1500, n), rng.uniform(5, 80, n), rng.uniform(5, 40, n), rng.uniform(0, np.pi, n)]
+        [
+            rng.uniform(0, 2000, n),
+            rng.uniform(0, 1500, n),
+            rng.uniform(5, 80, n),
+            rng.uniform(5, 40, n),
+            rng.uniform(0, np.pi, n),
+        ]
     )
     xywhr[:5, 2] = 900  # a few very large boxes go through the slow lane
     classes = rng.integers(0, 2, n)
@@ -125,7 +133,9 @@ def test_overlap_pairs_match_dense_polygon_overlaps() -> None:
     dense_iou, dense_ios = polygon_overlaps(c, c)
     same = classes[:, None] == classes[None, :]
     ei, ej = np.nonzero(np.triu((dense_ios > 0) & same, k=1))
-    assert sorted(zip(i.tolist(), j.tolist())) == sorted(zip(ei.tolist(), ej.tolist()))
+    assert sorted(zip(i.tolist(), j.tolist(), strict=True)) == sorted(
+        zip(ei.tolist(), ej.tolist(), strict=True)
+    )
     order = np.lexsort((j, i))
     np.testing.assert_allclose(iou[order], dense_iou[ei, ej])
     np.testing.assert_allclose(ios[order], dense_ios[ei, ej])
@@ -148,7 +158,9 @@ def _simulate_tiled_detections(n_objects: int, seed: int = 0) -> tuple[Detection
         ys = starts[(starts < box[3]) & (starts + tile > box[1])]
         for ty in ys:
             for tx in xs:
-                clipped = np.array([max(box[0], tx), max(box[1], ty), min(box[2], tx + tile), min(box[3], ty + tile)])
+                clipped = np.array(
+                    [max(box[0], tx), max(box[1], ty), min(box[2], tx + tile), min(box[3], ty + tile)]
+                )
                 if (clipped[2:] - clipped[:2]).min() < 3:
                     continue  # no detector reports a sliver
                 is_cut = bool((clipped != box).any())
@@ -163,7 +175,9 @@ def _simulate_tiled_detections(n_objects: int, seed: int = 0) -> tuple[Detection
         scores=rng.uniform(0.3, 1.0, n).astype(np.float32),
         class_ids=np.zeros(n, int),
         class_names=TAXONOMY,
-        xywhr=np.column_stack([(boxes_arr[:, :2] + boxes_arr[:, 2:]) / 2, boxes_arr[:, 2:] - boxes_arr[:, :2], np.zeros(n)]),
+        xywhr=np.column_stack(
+            [(boxes_arr[:, :2] + boxes_arr[:, 2:]) / 2, boxes_arr[:, 2:] - boxes_arr[:, :2], np.zeros(n)]
+        ),
     )
     return dets, np.array(cut)[order], n_objects
 

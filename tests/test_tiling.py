@@ -36,7 +36,9 @@ def test_tile_grid_table(width: int, height: int, tile: int, overlap: int, expec
     assert tile_grid(width, height, tile, overlap) == expected
 
 
-@pytest.mark.parametrize(("width", "height", "tile", "overlap"), [(1000, 700, 256, 51), (5000, 333, 640, 128), (97, 1031, 32, 31)])
+@pytest.mark.parametrize(
+    ("width", "height", "tile", "overlap"), [(1000, 700, 256, 51), (5000, 333, 640, 128), (97, 1031, 32, 31)]
+)
 def test_tile_grid_covers_scene_with_full_tiles(width: int, height: int, tile: int, overlap: int) -> None:
     windows = tile_grid(width, height, tile, overlap)
     covered = np.zeros((height, width), bool)
@@ -50,21 +52,28 @@ def test_tile_grid_covers_scene_with_full_tiles(width: int, height: int, tile: i
     assert covered.all()
     # neighbours overlap by at least the requested overlap
     cols = sorted({w.col_off for w in windows})
-    assert all(b - a <= tile - overlap for a, b in zip(cols, cols[1:]))
+    assert all(b - a <= tile - overlap for a, b in zip(cols, cols[1:], strict=False))
     # row-major
     assert windows == sorted(windows, key=lambda w: (w.row_off, w.col_off))
 
 
 @pytest.mark.parametrize(
     ("args", "match"),
-    [((100, 100, 0, 0), "tile"), ((100, 100, 64, 64), "overlap_px"), ((100, 100, 64, -1), "overlap_px"), ((0, 100, 64, 0), "size")],
+    [
+        ((100, 100, 0, 0), "tile"),
+        ((100, 100, 64, 64), "overlap_px"),
+        ((100, 100, 64, -1), "overlap_px"),
+        ((0, 100, 64, 0), "size"),
+    ],
 )
 def test_tile_grid_rejects_bad_values(args: tuple[int, int, int, int], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         tile_grid(*args)
 
 
-@pytest.mark.parametrize(("overlap", "tile", "px"), [(0.2, 640, 128), (0.25, 256, 64), (0, 256, 0), (100, 640, 100), (1, 256, 1)])
+@pytest.mark.parametrize(
+    ("overlap", "tile", "px"), [(0.2, 640, 128), (0.25, 256, 64), (0, 256, 0), (100, 640, 100), (1, 256, 1)]
+)
 def test_overlap_fraction_or_pixels(overlap: float, tile: int, px: int) -> None:
     assert TileConfig(overlap=overlap).overlap_px(tile) == px
 

@@ -1,0 +1,361 @@
+"""One benchmark measurement in a fresh process (run by ``scripts/bench.py``, never imported by the package).
+
+Usage: ``python scripts/_bench_worker.py JOB.json RESULT.json``
+
+Every measurement runs in its own process so that its peak resident memory (``ru_maxrss``) is its own and the
+libraries it imports are only those it needs: the ``ours`` and ``memory`` jobs import ``detector`` (numpy,
+onnxruntime, rasterio, shapely) and never torch; the ``sahi`` job imports SAHI, Ultralytics and torch.
+
+Job kinds (``job["kind"]``):
+
+* ``ours``: ``Detector.load(onnx).predict(scene)``: one warm-up call, then ``repeats`` timed calls.
+* ``sahi``: SAHI ``get_sliced_prediction`` with ``AutoDetectionModel`` (``model_type="ultralytics"``) on the
+  same scene, tile and overlap: one warm-up call, then ``repeats`` timed calls.
+* ``floor``: bare ``onnxruntime`` ``session.run`` on real tiles, per batch size, with the session options the
+  pipeline uses (:func:`detector.backends.onnx.open_session`); pre- and post-processing excluded.
+* ``memory``: one ``Detector.predict`` on a large generated GeoTIFF (after a warm-up model call on zeros).
+
+For ``ours`` and ``sahi``, the peak RSS reported is the one reached by the end of the timed calls; an optional
+accuracy pass at a low confidence (``ap_conf``) runs after it, and its detections are saved for the AP.
+Detections are saved as ``.npz`` (``xyxy``, ``xywhr``, ``scores``, ``class_ids`` in scene pixels, class ids of
+:data:`detector.backends.base.TAXONOMY`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from anywhere: the repository's package first
+    sys.path.insert(0, str(ROOT))
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process in bytes."""
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except ImportError:  # pragma: no cover - psutil is a bench dependency
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far in bytes (``ru_maxrss`` is KiB on Linux)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def timed(fn: Any, repeats: int) -> tuple[list[float], Any]:
+    """Call ``fn()`` ``repeats`` times: ``(seconds per call, last result)``."""
+    times, result = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return times, result
+
+
+def summary(times: list[float]) -> dict[str, Any]:
+    return {"times": times, "median": statistics.median(times), "min": min(times), "max": max(times)}
+
+
+def save_detections(path: str | None, xyxy: Any, xywhr: Any, scores: Any, class_ids: Any) -> None:
+    if not path:
+        return
+    np.savez(
+        path,
+        xyxy=np.asarray(xyxy, np.float64).reshape(-1, 4),
+        xywhr=np.asarray(xywhr, np.float64).reshape(-1, 5) if xywhr is not None else np.zeros((0, 5)),
+        rotated=np.array(xywhr is not None),
+        scores=np.asarray(scores, np.float32).reshape(-1),
+        class_ids=np.asarray(class_ids, np.int64).reshape(-1),
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# our pipeline
+
+
+def run_ours(job: dict[str, Any]) -> dict[str, Any]:
+    from detector.pipeline import Detector
+    from detector.tiling import TileConfig
+
+    rss0 = rss_bytes()
+    t0 = time.perf_counter()
+    det = Detector.load(job["weights"], conf=job["conf"])
+    load_s = time.perf_counter() - t0
+    rss_load = rss_bytes()
+    cfg = TileConfig(tile=job["tile"], overlap=job["overlap"], batch=job["batch"])
+    scene = job["scene"]
+    t0 = time.perf_counter()
+    det.predict(scene, tile=cfg)
+    warmup_s = time.perf_counter() - t0
+    times, dets = timed(lambda: det.predict(scene, tile=cfg), job["repeats"])
+    peak = peak_rss_bytes()
+    save_detections(job.get("save"), dets.xyxy, dets.xywhr, dets.scores, dets.class_ids)
+    out: dict[str, Any] = {
+        **summary(times),
+        "warmup_s": warmup_s,
+        "load_s": load_s,
+        "n_dets": len(dets),
+        "tiles": int(dets.meta.get("tiles", -1)),
+        "tiles_run": int(dets.meta.get("tiles_run", -1)),
+        "width": int(dets.meta["width"]),
+        "height": int(dets.meta["height"]),
+        "rss_start": rss0,
+        "rss_after_load": rss_load,
+        "peak_rss": peak,
+        "torch_imported": "torch" in sys.modules,
+        "intra_op_threads": _ort_threads(det.predictor),
+    }
+    if job.get("ap_conf") is not None:
+        low = Detector.load(job["weights"], conf=job["ap_conf"])
+        d = low.predict(scene, tile=cfg)
+        save_detections(job.get("save_ap"), d.xyxy, d.xywhr, d.scores, d.class_ids)
+        out["n_dets_ap"] = len(d)
+    return out
+
+
+def _ort_threads(predictor: Any) -> int | None:
+    session = getattr(predictor, "session", None)
+    if session is None:
+        return None
+    try:
+        return int(session.get_session_options().intra_op_num_threads)
+    except Exception:  # pragma: no cover - depends on the onnxruntime version
+        return None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# SAHI + Ultralytics
+
+
+def sahi_to_arrays(
+    predictions: list[Any], class_map: dict[int, str]
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+    """SAHI ``ObjectPrediction`` list -> ``(xyxy, xywhr | None, scores, class_ids)`` in our taxonomy.
+
+    ``xyxy`` is SAHI's own box (for an OBB model, the box enclosing the rotated box, clipped to the image).
+    ``xywhr`` comes from the 4-corner polygon SAHI keeps as the prediction's mask for OBB models (corners in
+    Ultralytics' ``xyxyxyxy`` order: ``w = |p0 - p3|``, ``h = |p0 - p1|``, angle of ``p0 - p3``); it is
+    ``None`` when SAHI gave no polygons. Raw classes outside ``class_map`` are dropped, as our backends do.
+    """
+    from detector.backends.base import TAXONOMY
+    from detector.backends.onnx import regularize_rboxes
+
+    xyxy, polys, scores, cls = [], [], [], []
+    for p in predictions:
+        ours = class_map.get(int(p.category.id))
+        if ours is None:
+            continue
+        xyxy.append(p.bbox.to_xyxy())
+        scores.append(float(p.score.value))
+        cls.append(TAXONOMY.index(ours))
+        seg = p.mask.segmentation if getattr(p, "mask", None) is not None else None
+        polys.append(np.asarray(seg[0], np.float64).reshape(-1, 2) if seg and len(seg[0]) == 8 else None)
+    n = len(xyxy)
+    xyxy_a = np.asarray(xyxy, np.float64).reshape(n, 4)
+    xywhr = None
+    if n and all(q is not None for q in polys):
+        c = np.stack(polys)  # (n, 4, 2)
+        side_w = c[:, 0] - c[:, 3]
+        side_h = c[:, 0] - c[:, 1]
+        xywhr = regularize_rboxes(
+            np.column_stack(
+                [
+                    c.mean(axis=1),
+                    np.hypot(*side_w.T),
+                    np.hypot(*side_h.T),
+                    np.arctan2(side_w[:, 1], side_w[:, 0]),
+                ]
+            )
+        )
+    return xyxy_a, xywhr, np.asarray(scores, np.float32), np.asarray(cls, np.int64)
+
+
+def run_sahi(job: dict[str, Any]) -> dict[str, Any]:
+    rss0 = rss_bytes()
+    t0 = time.perf_counter()
+    import torch
+    from sahi import AutoDetectionModel
+    from sahi.predict import get_sliced_prediction
+
+    from detector.model import default_class_map
+
+    threads_import = torch.get_num_threads()
+    model = AutoDetectionModel.from_pretrained(
+        model_type="ultralytics",
+        model_path=str(job["weights"]),
+        device="cpu",
+        confidence_threshold=job["conf"],
+    )
+    load_s = time.perf_counter() - t0
+    rss_load = rss_bytes()
+    threads_after_load = torch.get_num_threads()
+    want = job.get("threads")
+    if want:
+        torch.set_num_threads(int(want))
+    tile, overlap = job["tile"], job["overlap"]
+
+    def predict(conf: float | None = None) -> Any:
+        return get_sliced_prediction(
+            job["scene"],
+            model,
+            slice_height=tile,
+            slice_width=tile,
+            overlap_height_ratio=overlap,
+            overlap_width_ratio=overlap,
+            perform_standard_pred=job["standard_pred"],
+            verbose=0,
+            confidence_threshold=conf,
+        )
+
+    t0 = time.perf_counter()
+    predict()
+    warmup_s = time.perf_counter() - t0
+    # Ultralytics' first predict call runs select_device(), which calls torch.set_num_threads(cpu_count - 1):
+    # a thread count set after loading does not survive it, so set it again before the timed calls.
+    threads_after_first_call = torch.get_num_threads()
+    if want:
+        torch.set_num_threads(int(want))
+    threads_timed = torch.get_num_threads()
+    times, result = timed(predict, job["repeats"])
+    threads_end = torch.get_num_threads()
+    peak = peak_rss_bytes()
+    class_map = default_class_map(tuple(model.category_names), job["weights"])
+    preds = result.object_prediction_list
+    xyxy, xywhr, scores, cls = sahi_to_arrays(preds, class_map)
+    save_detections(job.get("save"), xyxy, xywhr, scores, cls)
+    out: dict[str, Any] = {
+        **summary(times),
+        "warmup_s": warmup_s,
+        "load_s": load_s,
+        "n_dets": len(scores),
+        "n_dets_raw": len(preds),
+        "obb_polygons": xywhr is not None or len(scores) == 0,
+        "rss_start": rss0,
+        "rss_after_load": rss_load,
+        "peak_rss": peak,
+        "torch_threads": {
+            "after_import": threads_import,
+            "after_load": threads_after_load,
+            "after_first_call": threads_after_first_call,
+            "timed_calls": threads_timed,
+            "after_timed_calls": threads_end,
+        },
+        "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
+        "imgsz": model.model.overrides.get("imgsz") if hasattr(model.model, "overrides") else None,
+        "is_obb": bool(getattr(model, "is_obb", False)),
+    }
+    if job.get("ap_conf") is not None:
+        r = predict(job["ap_conf"])
+        a = sahi_to_arrays(r.object_prediction_list, class_map)
+        save_detections(job.get("save_ap"), *a)
+        out["n_dets_ap"] = len(a[2])
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the model-only floor
+
+
+def run_floor(job: dict[str, Any]) -> dict[str, Any]:
+    from detector.backends.onnx import open_session, session_meta, to_input
+    from detector.raster import open_scene
+    from detector.tiling import TileConfig, plan_tiles
+
+    session = open_session(job["weights"], threads=None)  # what OnnxPredictor(threads=None) opens
+    meta = session_meta(session, job["weights"])
+    name_in, name_out = session.get_inputs()[0].name, session.get_outputs()[0].name
+    sizes = sorted({int(b) for b in job["batch_sizes"]})
+    # real tiles of a real scene (the network's time does not depend on the content, but use real pixels)
+    tiles = []
+    with open_scene(job["scene"]) as scene:
+        plan = plan_tiles(
+            scene.width, scene.height, TileConfig(tile=job["tile"], overlap=job["overlap"]), meta.imgsz
+        )
+        for w in plan.windows:
+            tiles.append(scene.read(w, out_shape=(plan.size, plan.size))[0])
+    per_size: dict[str, Any] = {}
+    for b in sizes:
+        batch = np.stack([tiles[i % len(tiles)] for i in range(b)])
+        x = to_input(batch, meta.imgsz)  # normalisation excluded from the floor
+        session.run([name_out], {name_in: x})  # warm-up for this shape
+        times, _ = timed(lambda x=x: session.run([name_out], {name_in: x}), job["repeats"])
+        s = summary(times)
+        s["per_tile_median"] = s["median"] / b
+        s["per_tile_min"] = s["min"] / b
+        per_size[str(b)] = s
+    opts = session.get_session_options()
+    return {
+        "batches": per_size,
+        "intra_op_threads": int(opts.intra_op_num_threads),
+        "inter_op_threads": int(opts.inter_op_num_threads),
+        "providers": session.get_providers(),
+        "peak_rss": peak_rss_bytes(),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# memory on large scenes
+
+
+def run_memory(job: dict[str, Any]) -> dict[str, Any]:
+    from detector.pipeline import Detector
+    from detector.tiling import TileConfig
+
+    rss0 = rss_bytes()
+    det = Detector.load(job["weights"], conf=job["conf"])
+    s = det.meta.imgsz
+    det.predictor.predict_batch(np.zeros((job["batch"], s, s, 3), np.uint8))  # warm the batch shape up
+    rss_ready = rss_bytes()
+    peak_ready = peak_rss_bytes()
+    cfg = TileConfig(tile=job["tile"], overlap=job["overlap"], batch=job["batch"])
+    t0 = time.perf_counter()
+    dets = det.predict(job["scene"], tile=cfg)
+    seconds = time.perf_counter() - t0
+    return {
+        "seconds": seconds,
+        "n_dets": len(dets),
+        "tiles": int(dets.meta.get("tiles", -1)),
+        "tiles_run": int(dets.meta.get("tiles_run", -1)),
+        "width": int(dets.meta["width"]),
+        "height": int(dets.meta["height"]),
+        "rss_start": rss0,
+        "rss_ready": rss_ready,
+        "peak_rss_ready": peak_ready,
+        "peak_rss": peak_rss_bytes(),
+        "torch_imported": "torch" in sys.modules,
+    }
+
+
+KINDS = {"ours": run_ours, "sahi": run_sahi, "floor": run_floor, "memory": run_memory}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: _bench_worker.py JOB.json RESULT.json", file=sys.stderr)
+        return 2
+    job = json.loads(Path(argv[0]).read_text())
+    kind = job.get("kind")
+    if kind not in KINDS:
+        print(f"unknown job kind {kind!r}; expected one of {sorted(KINDS)}", file=sys.stderr)
+        return 2
+    result = KINDS[kind](job)
+    Path(argv[1]).write_text(json.dumps(result, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
