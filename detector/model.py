@@ -208,7 +208,7 @@ def default_class_map(raw_names: tuple[str, ...], source: str | Path = "") -> di
     norm = [normalize_name(n) for n in raw_names]
     if norm == [normalize_name(n) for n in DOTA_V1_NAMES]:
         return dict(DOTA_CLASS_MAP)
-    unmapped = [n for n, k in zip(raw_names, norm) if k not in TAXONOMY]
+    unmapped = [n for n, k in zip(raw_names, norm, strict=True) if k not in TAXONOMY]
     if not unmapped:
         return {i: k for i, k in enumerate(norm)}
     raise ModelError(
@@ -218,19 +218,25 @@ def default_class_map(raw_names: tuple[str, ...], source: str | Path = "") -> di
     )
 
 
-def check_class_map(class_map: Mapping[Any, str], raw_names: tuple[str, ...], source: str | Path) -> dict[int, str]:
+def check_class_map(
+    class_map: Mapping[Any, str], raw_names: tuple[str, ...], source: str | Path
+) -> dict[int, str]:
     """Validate a user class map (raw index or raw name -> our name) and return it keyed by raw index."""
     norm_raw = {normalize_name(n): i for i, n in enumerate(raw_names)}
     out: dict[int, str] = {}
     for k, v in class_map.items():
         if isinstance(k, str) and not k.strip().lstrip("-").isdigit():
             if normalize_name(k) not in norm_raw:
-                raise ModelError(f"{source}: class map names {k!r}, which is not one of the model's classes {raw_names}")
+                raise ModelError(
+                    f"{source}: class map names {k!r}, which is not one of the model's classes {raw_names}"
+                )
             idx = norm_raw[normalize_name(k)]
         else:
             idx = int(k)
         if not 0 <= idx < len(raw_names):
-            raise ModelError(f"{source}: class map index {idx} is outside the model's {len(raw_names)} classes")
+            raise ModelError(
+                f"{source}: class map index {idx} is outside the model's {len(raw_names)} classes"
+            )
         ours = normalize_name(v)
         if ours not in TAXONOMY:
             raise ModelError(f"{source}: class map maps {k!r} to {v!r}, which is not one of {TAXONOMY}")
@@ -273,7 +279,12 @@ def _names_of(model: Any) -> tuple[str, ...]:
 
 
 def meta_from_checkpoint(
-    model: Any, ckpt: Mapping[str, Any], source: str | Path, *, end_to_end: bool | None = None
+    model: Any,
+    ckpt: Mapping[str, Any],
+    source: str | Path,
+    *,
+    end_to_end: bool | None = None,
+    class_map: Mapping[Any, str] | None = None,
 ) -> ModelMeta:
     """:class:`ModelMeta` for an Ultralytics model loaded from a checkpoint.
 
@@ -283,12 +294,15 @@ def meta_from_checkpoint(
 
     ``end_to_end`` selects the NMS-free one-to-one head of YOLO26-style models (``None``: as stored, else
     off, which is also Ultralytics 8.4's default; heads without one-to-one branch are never end-to-end).
+    An explicit ``class_map`` (raw index or name -> our name) wins over both.
     """
     head = model.model[-1]
     nc = int(head.nc)
     raw_names = _names_of(model)
     if len(raw_names) != nc:
-        raise ModelError(f"{source}: the model has {len(raw_names)} class names but its head outputs {nc} classes")
+        raise ModelError(
+            f"{source}: the model has {len(raw_names)} class names but its head outputs {nc} classes"
+        )
     stored: dict[str, Any] = {}
     if META_KEY in ckpt and ckpt[META_KEY]:
         val = ckpt[META_KEY]
@@ -300,10 +314,12 @@ def meta_from_checkpoint(
     imgsz = stored.get("imgsz") or train_args.get("imgsz") or 640
     if isinstance(imgsz, (list, tuple)):
         imgsz = max(imgsz)
-    if "class_map" in stored:
-        class_map = check_class_map(stored["class_map"], raw_names, source)
+    if class_map is not None:
+        cmap = check_class_map(class_map, raw_names, source)
+    elif "class_map" in stored:
+        cmap = check_class_map(stored["class_map"], raw_names, source)
     else:
-        class_map = default_class_map(raw_names, source)
+        cmap = default_class_map(raw_names, source)
     has_o2o = getattr(head, "one2one_cv2", None) is not None
     if end_to_end is None:
         end_to_end = bool(stored.get("end_to_end", False))
@@ -314,7 +330,7 @@ def meta_from_checkpoint(
     try:
         return ModelMeta(
             raw_names=raw_names,
-            class_map=class_map,
+            class_map=cmap,
             imgsz=int(imgsz),
             task=str(model.task),
             normalization="rgb/255",
@@ -396,13 +412,13 @@ def prepare_for_inference(model: Any, *, end_to_end: bool, max_det: int = 300, e
         if isinstance(m, Detect):
             m.dynamic = False
             m.export = export
-            m.format = "onnx" if export else None
+            m.format = "onnx" if export else None  # type: ignore[assignment]
             m.max_det = int(max_det)
             m.agnostic_nms = False
             m.xyxy = False
             m.shape = None
         elif export and isinstance(m, C2f):
-            m.forward = m.forward_split  # the cleaner ONNX graph Ultralytics' exporter uses
+            m.forward = m.forward_split  # type: ignore[method-assign]  # the cleaner ONNX graph Ultralytics' exporter uses
     return model
 
 
@@ -467,13 +483,14 @@ def export_onnx(
     model, ckpt = load_checkpoint(pt_path)
     head = model.model[-1]
     if end_to_end and getattr(head, "one2one_cv2", None) is None:
-        raise ModelError(f"{pt_path}: end_to_end export needs a one-to-one (NMS-free) head, this model has none")
-    meta = meta_from_checkpoint(model, ckpt, pt_path, end_to_end=end_to_end)
+        raise ModelError(
+            f"{pt_path}: end_to_end export needs a one-to-one (NMS-free) head, this model has none"
+        )
+    meta = meta_from_checkpoint(model, ckpt, pt_path, end_to_end=end_to_end, class_map=class_map)
     size = int(imgsz or meta.imgsz)
     stride = int(max(model.stride.tolist()))
     if size <= 0 or size % max(stride, 32):
         raise ValueError(f"imgsz must be a positive multiple of {max(stride, 32)}, got {size!r}")
-    cmap = check_class_map(class_map, meta.raw_names, pt_path) if class_map is not None else meta.class_map
     n_anchors = sum((size // s) ** 2 for s in _STRIDES)
     k = min(int(max_det), n_anchors)
     import ultralytics
@@ -495,7 +512,7 @@ def export_onnx(
         extra["max_det"] = k
     meta = ModelMeta(
         raw_names=meta.raw_names,
-        class_map=cmap,
+        class_map=meta.class_map,
         imgsz=size,
         task=meta.task,
         normalization="rgb/255",
@@ -517,7 +534,7 @@ def export_onnx(
             kwargs: dict[str, Any] = {"dynamo": False}
             torch.onnx.export(
                 net,
-                x_trace,
+                (x_trace,),
                 str(tmp),
                 opset_version=int(opset),
                 input_names=["images"],
@@ -552,7 +569,9 @@ def export_onnx(
     finally:
         if tmp.exists():
             tmp.unlink()
-    log.info("exported %s -> %s (imgsz %d, %s, end_to_end=%s)", pt_path, out_path, size, meta.task, end_to_end)
+    log.info(
+        "exported %s -> %s (imgsz %d, %s, end_to_end=%s)", pt_path, out_path, size, meta.task, end_to_end
+    )
     return out_path
 
 
@@ -575,7 +594,9 @@ def _verify_export(net: Any, onnx_path: Path, meta: ModelMeta, atol: float) -> d
     return compare_outputs(ref, got, meta, atol, source=onnx_path)
 
 
-def compare_outputs(ref: np.ndarray, got: np.ndarray, meta: ModelMeta, atol: float, source: Any = "") -> dict[str, float]:
+def compare_outputs(
+    ref: np.ndarray, got: np.ndarray, meta: ModelMeta, atol: float, source: Any = ""
+) -> dict[str, float]:
     """Max abs differences between two raw outputs of the same network; raise :class:`ModelError` past ``atol``.
 
     Raw heads ``(B, C, A)``: boxes (pixels) may differ by ``atol + atol * |value|`` (float32 rounding grows
@@ -588,9 +609,11 @@ def compare_outputs(ref: np.ndarray, got: np.ndarray, meta: ModelMeta, atol: flo
     if meta.end_to_end:
         sort_diff = float(np.abs(np.sort(ref[..., 4], 1) - np.sort(got[..., 4], 1)).max())
         needed = matched = 0
-        for r, g in zip(ref, got):
+        for r, g in zip(ref, got, strict=True):
             match = (np.abs(r[:, None, 4] - g[None, :, 4]) <= atol) & (r[:, None, 5] == g[None, :, 5])
-            match &= np.all(np.abs(r[:, None, :4] - g[None, :, :4]) <= atol + atol * np.abs(r[:, None, :4]), -1)
+            match &= np.all(
+                np.abs(r[:, None, :4] - g[None, :, :4]) <= atol + atol * np.abs(r[:, None, :4]), -1
+            )
             if meta.task == "obb":
                 match &= _angle_diff(r[:, None, 6], g[None, :, 6]) <= atol
             need = r[:, 4] > r[-1, 4] + atol  # rows at the top-k boundary may legitimately fall out

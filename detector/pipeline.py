@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+import rasterio
+import rasterio.env
 from rasterio.windows import Window
 
 from detector.backends.base import ModelMeta, Predictor
@@ -39,6 +42,9 @@ logger = logging.getLogger(__name__)
 EDGE_MARGIN = 3.0
 #: Detections whose footprint is less than this fraction valid (not nodata) are dropped.
 MIN_VALID_FRACTION = 0.5
+#: GDAL block cache (MB) while a scene is read, unless the caller set GDAL_CACHEMAX: tiles are read row by
+#: row, so a few rows of blocks is all the cache can reuse; GDAL's default (5 % of RAM) only grows memory.
+GDAL_CACHE_MB = 256
 
 T = TypeVar("T")
 
@@ -116,7 +122,7 @@ class Detector:
         config = tile or TileConfig()
         wanted = self._class_ids(classes)
         meta = self.meta
-        with _open(source, bands, gsd) as scene:
+        with _gdal_cache(), _open(source, bands, gsd) as scene:
             plan = plan_tiles(scene.width, scene.height, config, meta.imgsz, scene.gsd, meta.gsd)
             total = len(plan.windows)
             logger.info(
@@ -200,6 +206,14 @@ class Detector:
         if unknown:
             raise ValueError(f"unknown class {unknown[0]!r}; the model knows {', '.join(names)}")
         return np.array([names.index(c) for c in classes], np.int64)
+
+
+def _gdal_cache() -> contextlib.AbstractContextManager:
+    """A bounded GDAL block cache for this call, unless the caller configured one (environment or rasterio.Env)."""
+    configured = "GDAL_CACHEMAX" in os.environ or (
+        rasterio.env.hasenv() and "GDAL_CACHEMAX" in rasterio.env.getenv()
+    )
+    return contextlib.nullcontext() if configured else rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
 
 
 def _open(source: str | Path | np.ndarray, bands: tuple[int, ...] | None, gsd: float | None) -> Scene:

@@ -46,7 +46,13 @@ def test_decode_raw_detect_rules():
         (20, 20, 10, 10, {10: 0.9}),  # small vehicle, kept
         (21, 20, 10, 10, {10: 0.8}),  # same class, IoU 0.82 with the first -> suppressed
         (21, 20, 10, 10, {9: 0.7}),  # other class, same place -> kept (class-aware NMS)
-        (40, 40, 8, 6, {1: 0.95, 0: 0.6}),  # best class is ship (unmapped) -> dropped, not demoted to aircraft
+        (
+            40,
+            40,
+            8,
+            6,
+            {1: 0.95, 0: 0.6},
+        ),  # best class is ship (unmapped) -> dropped, not demoted to aircraft
         (50, 10, 4, 4, {0: 0.2}),  # below conf
         (5, 50, 6, 4, {11: 0.26}),  # helicopter just above conf
     ]
@@ -69,7 +75,9 @@ def test_decode_raw_obb_regularises_and_encloses():
         (30, 30, 20, 10, {0: 0.8}, 0.1),  # duplicate of the first -> suppressed by probIoU
         (10, 10, 8, 4, {10: 0.7}, -0.3),
     ]
-    (det,) = B.decode_batch(_raw(rows, angle=True)[None], meta, B.class_lut(meta), conf=0.25, iou=0.6, max_det=300)
+    (det,) = B.decode_batch(
+        _raw(rows, angle=True)[None], meta, B.class_lut(meta), conf=0.25, iou=0.6, max_det=300
+    )
     assert det.is_rotated and len(det) == 2
     np.testing.assert_allclose(det.xywhr[0], [30, 30, 20, 10, 0.1], atol=1e-6)
     np.testing.assert_allclose(det.xywhr[1], [10, 10, 4, 8, np.pi / 2 - 0.3], atol=1e-6)
@@ -155,7 +163,9 @@ def test_rotated_fast_nms_matches_ultralytics(seed):
     scores = rng.random(len(boxes)).astype(np.float32)
     for iou in (0.3, 0.6, 0.9):
         ours = B.fast_nms_rotated(boxes, scores, iou)
-        ref = nms.TorchNMS.fast_nms(torch.from_numpy(boxes), torch.from_numpy(scores), iou, iou_func=batch_probiou)
+        ref = nms.TorchNMS.fast_nms(
+            torch.from_numpy(boxes), torch.from_numpy(scores), iou, iou_func=batch_probiou
+        )
         assert np.array_equal(np.sort(ours), np.sort(ref.numpy()))
         assert np.all(np.diff(scores[ours]) <= 0)  # best first
         dense = B._fast_nms_rotated_dense(boxes, np.argsort(-scores, kind="stable"), iou)
@@ -215,7 +225,9 @@ def _assert_same(a, b, box_atol=1e-2, score_atol=1e-4, as_sets=False):
     assert len(a) == len(b) > 0
     if as_sets:  # end-to-end rows come in score order, and near ties may swap: pair rows up first
         close = np.all(np.isclose(a.xyxy[:, None], b.xyxy[None], atol=box_atol, rtol=1e-4), -1)
-        close &= (a.class_ids[:, None] == b.class_ids[None]) & np.isclose(a.scores[:, None], b.scores[None], atol=score_atol)
+        close &= (a.class_ids[:, None] == b.class_ids[None]) & np.isclose(
+            a.scores[:, None], b.scores[None], atol=score_atol
+        )
         assert close.any(1).all() and close.any(0).all()
         b = b[close.argmax(1)]
     assert np.array_equal(a.class_ids, b.class_ids)
@@ -232,8 +244,8 @@ def test_onnx_and_torch_predictors_agree_on_real_chip(obb_onnx, pretrained_pt, d
     onnx_pred = load_predictor(obb_onnx, threads=2)
     torch_pred = TorchPredictor(pretrained_pt, imgsz=SMALL, threads=2)
     assert isinstance(onnx_pred, Predictor) and isinstance(torch_pred, Predictor)
-    for do, dt in zip(onnx_pred.predict_batch(demo_tiles), torch_pred.predict_batch(demo_tiles)):
-        _assert_same(do, dt, as_sets=end_to_end)
+    for do, dt in zip(onnx_pred.predict_batch(demo_tiles), torch_pred.predict_batch(demo_tiles), strict=True):
+        _assert_same(do, dt)
         assert do.class_names == TAXONOMY and do.is_rotated
         assert set(do.class_ids.tolist()) <= {2, 3}  # this chip is a car park: vehicles only
         assert np.all(do.scores > 0.25)
@@ -247,7 +259,9 @@ def test_onnx_matches_ultralytics_predictor(obb_onnx, pretrained_pt, demo_tiles)
 
     ours = load_predictor(obb_onnx, threads=2, conf=0.25, iou=0.6).predict_batch(demo_tiles[:1])[0]
     bgr = demo_tiles[0][..., ::-1].copy()
-    res = YOLO(str(pretrained_pt)).predict(bgr, imgsz=SMALL, conf=0.25, iou=0.6, classes=[0, 9, 10, 11], verbose=False)
+    res = YOLO(str(pretrained_pt)).predict(
+        bgr, imgsz=SMALL, conf=0.25, iou=0.6, classes=[0, 9, 10, 11], verbose=False
+    )
     obb = res[0].obb
     assert len(obb) == len(ours)
     ref = obb.xywhr.numpy().astype(np.float64)
@@ -335,7 +349,7 @@ def test_tiny_detect_model_onnx_vs_torch(tmp_path, torch_two_threads, yaml, end_
     torch_pred = TorchPredictor(pt, conf=conf, iou=0.5, threads=2, end_to_end=end_to_end)
     raw = onnx_pred.run(B.to_input(tiles, 128))
     assert raw.shape == ((2, 300, 6) if end_to_end else (2, 8, 16 * 16 + 8 * 8 + 4 * 4))
-    for do, dt in zip(onnx_pred.predict_batch(tiles), torch_pred.predict_batch(tiles)):
+    for do, dt in zip(onnx_pred.predict_batch(tiles), torch_pred.predict_batch(tiles), strict=True):
         assert do.xywhr is None
         if not end_to_end:
             # NMS did something: fewer boxes than candidates, and no same-class pair overlaps above 0.5
@@ -344,4 +358,6 @@ def test_tiny_detect_model_onnx_vs_torch(tmp_path, torch_two_threads, yaml, end_
             iou = box_iou_xyxy(do.xyxy, do.xyxy)
             same = do.class_ids[:, None] == do.class_ids[None]
             assert not np.any(np.triu(iou * same, 1) > 0.5)
-        _assert_same(do, dt, as_sets=end_to_end)
+        # random weights make absurd boxes (YOLO26 has no DFL: |coords| ~ 1000 px) and amplify float32
+        # differences to ~0.1 px; the real-model tests above hold 1e-2 px
+        _assert_same(do, dt, box_atol=0.25, as_sets=end_to_end)

@@ -70,7 +70,9 @@ def test_export_metadata_round_trip(exported: Path, pretrained_pt: Path):
     assert meta.extra["source_file"] == pretrained_pt.name
     assert ModelMeta.from_json(meta.to_json()) == meta
     pt_meta = read_meta(pretrained_pt)
-    assert pt_meta.imgsz == 1024 and pt_meta.raw_names == meta.raw_names and pt_meta.class_map == meta.class_map
+    assert (
+        pt_meta.imgsz == 1024 and pt_meta.raw_names == meta.raw_names and pt_meta.class_map == meta.class_map
+    )
     assert pt_meta.gsd is None
 
 
@@ -188,7 +190,9 @@ def test_unknown_extension(tmp_path: Path, exported: Path):
 
 def test_onnx_without_our_metadata(tmp_path: Path, exported: Path):
     plain = _rewrite_meta(exported, tmp_path / "plain.onnx", drop=True)
-    with pytest.raises(ModelError, match=r"plain\.onnx has no detector metadata.*`detector export MODEL\.pt -o plain\.onnx`"):
+    with pytest.raises(
+        ModelError, match=r"plain\.onnx has no detector metadata.*`detector export MODEL\.pt -o plain\.onnx`"
+    ):
         read_meta(plain)
     with pytest.raises(ModelError, match="no detector metadata"):
         load_predictor(plain)
@@ -198,7 +202,10 @@ def test_onnx_without_our_metadata(tmp_path: Path, exported: Path):
     ("changes", "message"),
     [
         ({"imgsz": 640}, "network input is .*320.* imgsz=640"),
-        ({"raw_names": ["a", "b", "c", "d"], "class_map": {"0": "aircraft"}}, "output has 20 values .* means 9"),
+        (
+            {"raw_names": ["a", "b", "c", "d"], "class_map": {"0": "aircraft"}},
+            "output has 20 values .* means 9",
+        ),
         ({"task": "detect"}, "output has 20 values .* means 19"),
         ({"end_to_end": True}, "output has 2100 values .* means 7"),
         ({"class_map": {"0": "tank"}}, "unreadable detector metadata"),
@@ -264,3 +271,25 @@ def test_export_yolo26_both_heads(tmp_path: Path):
         assert read_meta(out).end_to_end is e2e
         sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
         assert sess.get_outputs()[0].shape[1:] == shape
+
+
+def test_export_needs_a_class_map_for_foreign_classes(tmp_path: Path):
+    torch = pytest.importorskip("torch")
+    from ultralytics.nn.tasks import DetectionModel
+
+    from detector.model import export_onnx
+
+    torch.manual_seed(0)
+    model = DetectionModel("yolov8n.yaml", nc=3, verbose=False)
+    model.names = {0: "car", 1: "jet", 2: "boat"}
+    pt = tmp_path / "foreign.pt"
+    torch.save({"model": model, "train_args": {"imgsz": 64}}, pt)
+    with pytest.raises(ModelError, match=r"foreign\.pt.*no default mapping for \['car', 'jet', 'boat'\]"):
+        read_meta(pt)
+    with pytest.raises(ModelError, match=r"foreign\.pt.*'car', 'jet', 'boat'"):
+        export_onnx(pt, tmp_path / "foreign.onnx")
+    out = export_onnx(pt, tmp_path / "foreign.onnx", class_map={"jet": "aircraft", 0: "small-vehicle"})
+    meta = read_meta(out)
+    assert (
+        meta.class_map == {1: "aircraft", 0: "small-vehicle"} and meta.imgsz == 64 and meta.task == "detect"
+    )

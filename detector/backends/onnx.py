@@ -37,7 +37,9 @@ MAX_WH = 7680.0
 MAX_NMS = 30000
 
 
-def open_session(path: str | Path, *, device: str = "cpu", threads: int | None = None, optimize: bool = True) -> Any:
+def open_session(
+    path: str | Path, *, device: str = "cpu", threads: int | None = None, optimize: bool = True
+) -> Any:
     """An onnxruntime ``InferenceSession`` for ``path``.
 
     Args:
@@ -106,7 +108,9 @@ def session_meta(session: Any, path: str | Path) -> ModelMeta:
         raise ModelError(f"{path}: unreadable detector metadata ({type(e).__name__}: {e})") from e
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1 or not outputs:
-        raise ModelError(f"{path}: expected one input and at least one output, got {len(inputs)} / {len(outputs)}")
+        raise ModelError(
+            f"{path}: expected one input and at least one output, got {len(inputs)} / {len(outputs)}"
+        )
     check_meta_against_shapes(meta, list(inputs[0].shape), list(outputs[0].shape), path)
     return meta
 
@@ -122,11 +126,15 @@ def class_lut(meta: ModelMeta) -> np.ndarray:
 def check_tiles(tiles: np.ndarray, imgsz: int) -> None:
     """Raise ``ValueError`` unless ``tiles`` is a ``(B, imgsz, imgsz, 3)`` uint8 array."""
     if not isinstance(tiles, np.ndarray) or tiles.ndim != 4 or tiles.shape[-1] != 3:
-        raise ValueError(f"tiles must be a (B, S, S, 3) uint8 RGB array, got shape {getattr(tiles, 'shape', None)}")
+        raise ValueError(
+            f"tiles must be a (B, S, S, 3) uint8 RGB array, got shape {getattr(tiles, 'shape', None)}"
+        )
     if tiles.dtype != np.uint8:
         raise ValueError(f"tiles must be uint8 RGB 0-255, got dtype {tiles.dtype}")
     if tiles.shape[1] != imgsz or tiles.shape[2] != imgsz:
-        raise ValueError(f"tiles must be {imgsz}x{imgsz} (the model's imgsz), got {tiles.shape[1]}x{tiles.shape[2]}")
+        raise ValueError(
+            f"tiles must be {imgsz}x{imgsz} (the model's imgsz), got {tiles.shape[1]}x{tiles.shape[2]}"
+        )
 
 
 def to_input(tiles: np.ndarray, imgsz: int) -> np.ndarray:
@@ -208,9 +216,17 @@ def decode_batch(
     decode = decode_end_to_end if meta.end_to_end else decode_raw
     results = []
     for pred in out:
-        xywhr, xyxy, scores, cls = decode(pred, nc=nc, lut=lut, rotated=rotated, conf=conf, iou=iou, max_det=max_det)
+        xywhr, xyxy, scores, cls = decode(
+            pred, nc=nc, lut=lut, rotated=rotated, conf=conf, iou=iou, max_det=max_det
+        )
         results.append(
-            Detections(xyxy=xyxy, scores=scores, class_ids=cls, class_names=TAXONOMY, xywhr=xywhr if rotated else None)
+            Detections(
+                xyxy=xyxy,
+                scores=scores,
+                class_ids=cls,
+                class_names=TAXONOMY,
+                xywhr=xywhr if rotated else None,
+            )
         )
     return results
 
@@ -409,7 +425,9 @@ def _pair_probiou(b1: np.ndarray, b2: np.ndarray, eps: float = 1e-7) -> np.ndarr
     return 1 - np.sqrt(1.0 - np.exp(-bd) + eps)
 
 
-def _fast_nms_rotated_dense(xywhr: np.ndarray, order: np.ndarray, iou: float, block: int = 1024) -> np.ndarray:
+def _fast_nms_rotated_dense(
+    xywhr: np.ndarray, order: np.ndarray, iou: float, block: int = 1024
+) -> np.ndarray:
     """Fast-NMS on the full probIoU matrix, in column blocks (memory ``O(block * N)``)."""
     n = len(xywhr)
     b = xywhr[order]

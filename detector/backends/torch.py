@@ -60,7 +60,11 @@ class TorchPredictor:
         self.path = Path(path)
         dev = str(device).lower()
         if dev.startswith("cuda") and not torch.cuda.is_available():
-            log.warning("device=%r asked for, but torch sees no CUDA device; running %s on the CPU", device, self.path.name)
+            log.warning(
+                "device=%r asked for, but torch sees no CUDA device; running %s on the CPU",
+                device,
+                self.path.name,
+            )
             dev = "cpu"
         elif not (dev == "cpu" or dev.startswith("cuda")):
             raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
@@ -74,7 +78,9 @@ class TorchPredictor:
         self.device = torch.device(dev)
         self.half = self.device.type == "cuda" if half is None else bool(half)
         # End-to-end heads return their top-k rows; keep enough candidates for the class filter.
-        net = prepare_for_inference(model, end_to_end=self.meta.end_to_end, max_det=max(self.max_det, 300), export=True)
+        net = prepare_for_inference(
+            model, end_to_end=self.meta.end_to_end, max_det=max(self.max_det, 300), export=True
+        )
         net = net.to(self.device)
         self.model = net.half() if self.half else net
         self.lut = torch.as_tensor(class_lut(self.meta), device=self.device)
@@ -145,7 +151,6 @@ class TorchPredictor:
                 i = TorchNMS.fast_nms(shifted, scores, self.iou, iou_func=batch_probiou)
             else:
                 import torchvision
-
                 from ultralytics.utils.ops import xywh2xyxy
 
                 boxes = xywh2xyxy(box)
@@ -162,4 +167,3 @@ class TorchPredictor:
 
     def __repr__(self) -> str:
         return f"TorchPredictor({str(self.path)!r}, task={self.meta.task!r}, device={str(self.device)!r})"
-
