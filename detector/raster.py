@@ -283,32 +283,64 @@ class Scene:
     # -- helpers ------------------------------------------------------------------------------------
 
     def _compute_stretch(self) -> Stretch:
-        """Read a decimated sample (overviews when the file has them) once, for stretch and nodata checks."""
-        factor = max(1.0, math.sqrt(self.width * self.height / SAMPLE_PIXELS))
-        shape = (max(1, int(self.height / factor)), max(1, int(self.width / factor)))
-        try:
-            sample = self._ds.read(self._unique, out_shape=(len(self._unique), *shape))
-            if self._masked:
-                valid = (self._ds.read_masks(self._unique, out_shape=(len(self._unique), *shape)) > 0).any(
-                    axis=0
-                )
-            else:
-                valid = np.ones(shape, bool)
-        except RasterioError as e:
-            raise RasterError(
-                f"{self.path}: cannot read the image data, the file may be corrupt ({e})"
-            ) from e
-        if self._float:
-            valid &= np.isfinite(sample).all(axis=0)
+        """Sample the scene once (about a megapixel) for the stretch and the all-nodata check.
+
+        From the overviews (or the whole image when it is small) with a decimated read; a large file without
+        overviews is sampled with a grid of small full-resolution windows instead, because a decimated read
+        would decompress every block of the file (many times over, for GDAL's nearest-neighbour path).
+        """
+        has_overviews = bool(self._ds.overviews(self._unique[0]))
+        small = self.width * self.height <= 4 * SAMPLE_PIXELS
+        sample, valid = self._read_sample(decimated=has_overviews or small)
+        if not valid.any() and not (has_overviews or small):
+            sample, valid = self._read_sample(decimated=True)  # a small valid area the grid missed?
         if not valid.any():
-            where = "" if factor == 1 else f" (in a {shape[1]}x{shape[0]} decimated sample)"
-            raise RasterError(f"{self.path}: every pixel is nodata or masked{where}")
+            raise RasterError(
+                f"{self.path}: every pixel is nodata or masked (in a sample of {valid.size} pixels)"
+            )
         if self._lut is not None:
             return Stretch()
         stretch = Stretch.from_sample(sample[self._pick], valid, self.dtype)
         if not stretch.is_identity:
             logger.debug("%s: %s stretch low %s high %s", self.path, self.dtype, stretch.low, stretch.high)
         return stretch
+
+    def _read_sample(self, decimated: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Sample values ``(C, n)`` of the read bands and their validity ``(n,)``."""
+        if decimated:
+            factor = max(1.0, math.sqrt(self.width * self.height / SAMPLE_PIXELS))
+            shape = (max(1, int(self.height / factor)), max(1, int(self.width / factor)))
+            reads = [(Window(0, 0, self.width, self.height), shape)]
+        else:  # an 8 x 8 grid of 128 px windows, aligned to the blocks so each decodes few of them
+            block_rows, block_cols = self._ds.block_shapes[0]
+            rows, cols = min(128, self.height), min(128, self.width)
+            reads = []
+            for i in range(8):
+                for j in range(8):
+                    col = int((j + 0.5) * self.width / 8)
+                    row = int((i + 0.5) * self.height / 8)
+                    col = min(col - col % block_cols if block_cols >= cols else col, self.width - cols)
+                    row = min(row - row % block_rows if block_rows >= rows else row, self.height - rows)
+                    reads.append((Window(col, row, cols, rows), (rows, cols)))
+        values, valid = [], []
+        try:
+            for window, shape in reads:
+                data = self._ds.read(self._unique, window=window, out_shape=(len(self._unique), *shape))
+                ok = np.ones(shape, bool)
+                if self._masked:
+                    masks = self._ds.read_masks(
+                        self._unique, window=window, out_shape=(len(self._unique), *shape)
+                    )
+                    ok = (masks > 0).any(axis=0)
+                if self._float:
+                    ok &= np.isfinite(data).all(axis=0)
+                values.append(data.reshape(len(self._unique), -1))
+                valid.append(ok.reshape(-1))
+        except RasterioError as e:
+            raise RasterError(
+                f"{self.path}: cannot read the image data, the file may be corrupt ({e})"
+            ) from e
+        return np.concatenate(values, axis=1)[:, :, None], np.concatenate(valid)[:, None]
 
     def _warn_if_striped(self) -> None:
         block_rows, block_cols = self._ds.block_shapes[0]

@@ -232,7 +232,9 @@ def test_real_pretrained_model_finds_labelled_vehicles(shared_data: Path) -> Non
 
 @pytest.mark.slow
 def test_memory_stays_flat_on_a_20k_scene(tmp_path: Path) -> None:
-    """A 20000 x 20000 internally tiled GeoTIFF (1.2 GB of pixels) runs in well under 1.5 GB of RAM."""
+    """A 20000 x 20000 internally tiled GeoTIFF (1.2 GB of pixels) runs in flat memory (GDAL cache bounded)."""
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("peak memory is read from /proc (Linux)")
     path = tmp_path / "big.tif"
     profile = dict(
         driver="GTiff",
@@ -256,7 +258,7 @@ def test_memory_stays_flat_on_a_20k_scene(tmp_path: Path) -> None:
             dst.write(block, window=Window(0, row, 20000, 1000))
     script = textwrap.dedent(
         f"""
-        import resource, sys, time
+        import sys, time
         sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / "tests")!r}]
         from _fixtures import BrightObjectPredictor
         from detector.pipeline import Detector
@@ -265,10 +267,12 @@ def test_memory_stays_flat_on_a_20k_scene(tmp_path: Path) -> None:
         start = time.perf_counter()
         dets = Detector(BrightObjectPredictor(640)).predict({str(path)!r}, tile=TileConfig(overlap=0.2, batch=8))
         took = time.perf_counter() - start
-        print(len(dets), round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), round(took, 1))
+        # VmHWM: this process's peak (ru_maxrss would carry the parent's peak across exec)
+        peak = [int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM")][0] / 1024
+        print(len(dets), round(peak), round(took, 1))
         """
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     found, peak, took = out.stdout.split()
     assert int(found) >= 1900
-    assert float(peak) < 1500, f"peak RSS {peak} MB in {took} s"
+    assert float(peak) < 600, f"peak RSS {peak} MB in {took} s"  # the brief allows 1.5 GB; flat is ~150 MB

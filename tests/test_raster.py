@@ -99,6 +99,31 @@ def test_stretch_is_the_same_for_every_window(tmp_path: Path) -> None:
     np.testing.assert_array_equal(left, whole[0:20, 190:210])
 
 
+def test_large_scene_without_overviews_is_sampled_by_windows(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    data = rng.gamma(4, 150, (3, 2048, 2560)).astype("uint16")  # 5.2 MP: above the decimated-read limit
+    data[:, :1500, :] = 0  # mostly nodata: the window grid samples the valid band below
+    path = write_geotiff(tmp_path / "big16.tif", data, nodata=0, blockxsize=512, blockysize=512)
+    with open_scene(path) as scene:
+        sampled = scene.stretch
+    expected = np.percentile(data[0, 1500:], [0.5, 99.5])
+    np.testing.assert_allclose([sampled.low[0], sampled.high[0]], expected, rtol=0.1)
+    with rasterio.open(path, "r+") as ds:
+        ds.build_overviews([2, 4, 8])
+    with open_scene(path) as scene:
+        np.testing.assert_allclose(scene.stretch.low, sampled.low, rtol=0.1)
+        np.testing.assert_allclose(scene.stretch.high, sampled.high, rtol=0.1)
+
+
+def test_small_valid_island_in_a_large_nodata_scene_is_found(tmp_path: Path) -> None:
+    data = np.zeros((1, 2100, 2100), "uint8")
+    data[0, 1000:1040, 1000:1040] = 90  # between the sample windows
+    path = write_geotiff(tmp_path / "island.tif", data, nodata=0, colorinterp=[ColorInterp.gray])
+    with open_scene(path) as scene:
+        _, valid = scene.read(Window(990, 990, 60, 60))
+    assert valid.sum() == 40 * 40
+
+
 def test_float_nan_is_invalid(tmp_path: Path) -> None:
     data = np.ones((1, 50, 50), "float32")
     data[0, :, 25:] = np.nan
@@ -246,6 +271,7 @@ def test_real_landsat_geotiff(shared_data: Path) -> None:
 # -- layout warnings and errors ------------------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 def test_big_striped_raster_warns_with_the_fix(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     profile = dict(driver="GTiff", width=9000, height=8000, count=1, dtype="uint8", SPARSE_OK=True)
     with rasterio.open(tmp_path / "striped.tif", "w", **profile):

@@ -1,0 +1,211 @@
+"""Plumbing of ``scripts/bench.py`` (``make bench``): scene generation, SAHI conversion, the worker processes and
+the report. The numbers themselves are not checked here (they depend on the machine)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import rasterio
+
+from detector.backends.base import TAXONOMY
+from detector.labels import Annotation, LabeledImage
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import _bench_scenes as scenes  # noqa: E402
+import _bench_worker as worker  # noqa: E402
+import bench  # noqa: E402
+
+ONNX = ROOT / "weights" / "pretrained" / "yolov8n-obb.onnx"
+CHIP = "P1478__1__853___962"
+
+
+@pytest.mark.parametrize(
+    ("sizes", "side", "expected"),
+    [
+        ([(10, 10)], 10, [(0, 0)]),
+        ([(6, 4), (4, 6), (5, 5)], 10, [(0, 6), (0, 0), (4, 0)]),  # tallest first, then a new row
+        ([(11, 1)], 10, [None]),  # wider than the square
+        ([(8, 8), (8, 8)], 10, [(0, 0), None]),  # no room left
+        ([(5, 9), (5, 9), (5, 2)], 10, [(0, 0), (5, 0), None]),  # a row full, and no room below it
+        (
+            [(824, 1464), (1147, 1023), (884, 977), (1024, 1024)],
+            2560,
+            [(0, 0), (0, 1464), (1147, 1464), (824, 0)],
+        ),
+    ],
+)
+def test_pack_shelves(sizes: list[tuple[int, int]], side: int, expected: list) -> None:
+    placed = scenes.pack_shelves(sizes, side)
+    assert placed == expected
+    boxes = [(x, y, x + w, y + h) for (w, h), p in zip(sizes, placed, strict=True) if p for x, y in [p]]
+    for i, a in enumerate(boxes):  # inside the square, never overlapping
+        assert 0 <= a[0] and 0 <= a[1] and a[2] <= side and a[3] <= side
+        for b in boxes[i + 1 :]:
+            assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
+
+
+def _labeled(tmp: Path, name: str, w: int, h: int, seed: int) -> LabeledImage:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    path = tmp / f"{name}.png"
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+    box = np.array([[1, 2], [9, 2], [9, 7], [1, 7]], float)
+    ann = Annotation(path, "small-vehicle", "small-vehicle", box, rotated=True)
+    return LabeledImage(path, w, h, 0.1, [ann], group=name, dataset="dota")
+
+
+def test_build_mosaic_moves_pixels_and_labels_together(tmp_path: Path) -> None:
+    from PIL import Image
+
+    a, b = _labeled(tmp_path, "a", 40, 30, 0), _labeled(tmp_path, "b", 20, 50, 1)
+    out = tmp_path / "mosaic.png"
+    mosaic, layout = scenes.build_mosaic([a, b], 64, out)
+    assert (mosaic.width, mosaic.height, mosaic.image) == (64, 64, out)
+    where = {m["image"]: (m["x"], m["y"]) for m in layout}
+    assert where == {"b.png": (0, 0), "a.png": (20, 0)}
+    pixels = np.asarray(Image.open(out))
+    assert pixels.shape == (64, 64, 3)
+    for im in (a, b):
+        x, y = where[im.image.name]
+        src = np.asarray(Image.open(im.image))
+        np.testing.assert_array_equal(pixels[y : y + im.height, x : x + im.width], src)
+    assert pixels[52:, :].max() == 0  # black where no scene went
+    polys = sorted(ann.polygon[0].tolist() for ann in mosaic.annotations)
+    assert polys == [[1.0, 2.0], [21.0, 2.0]]
+    assert all(ann.image == out for ann in mosaic.annotations)
+
+
+def test_textured_geotiff_is_tiled_deflate_and_textured(tmp_path: Path) -> None:
+    sources = scenes.texture_sources(None)
+    path = tmp_path / "t.tif"
+    scenes.write_textured_geotiff(path, 700, sources, block=256)
+    with rasterio.open(path) as ds:
+        assert (ds.width, ds.height, ds.count, ds.dtypes) == (700, 700, 3, ("uint8",) * 3)
+        assert ds.profile["tiled"] and ds.block_shapes[0] == (256, 256)
+        assert ds.compression.name.lower() == "deflate"
+        assert ds.crs is not None
+        data = ds.read()
+    assert data.std() > 20  # texture, not a flat colour
+    assert path.stat().st_size > 0.3 * data.nbytes  # DEFLATE does not make it trivial
+    mtime = path.stat().st_mtime_ns
+    scenes.write_textured_geotiff(path, 700, sources, block=256)  # same parameters: reused
+    assert path.stat().st_mtime_ns == mtime
+    scenes.write_textured_geotiff(path, 700, sources, seed=1, block=256)  # other parameters: regenerated
+    with rasterio.open(path) as ds:
+        assert not np.array_equal(ds.read(), data)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def _prediction(cat: int, xyxy: list[float], score: float, corners: np.ndarray | None) -> SimpleNamespace:
+    mask = None if corners is None else SimpleNamespace(segmentation=[corners.reshape(-1).tolist()])
+    return SimpleNamespace(
+        category=SimpleNamespace(id=cat),
+        bbox=SimpleNamespace(to_xyxy=lambda: list(xyxy)),
+        score=SimpleNamespace(value=np.float32(score)),
+        mask=mask,
+    )
+
+
+def test_sahi_predictions_become_our_detections() -> None:
+    ops = pytest.importorskip("ultralytics.utils.ops")
+    xywhr = np.array([[100.0, 50.0, 40.0, 10.0, 0.3], [10.0, 20.0, 8.0, 16.0, 1.2]])
+    corners = ops.xywhr2xyxyxyxy(xywhr)  # the order SAHI keeps from result.obb.xyxyxyxy
+    class_map = {0: "aircraft", 10: "small-vehicle"}
+    preds = [
+        _prediction(0, [1, 2, 3, 4], 0.9, corners[0]),
+        _prediction(1, [5, 6, 7, 8], 0.8, corners[0]),  # a ship: dropped, as our backends drop it
+        _prediction(10, [9, 10, 11, 12], 0.7, corners[1]),
+    ]
+    xyxy, rboxes, scores, cls = worker.sahi_to_arrays(preds, class_map)
+    np.testing.assert_array_equal(xyxy, [[1, 2, 3, 4], [9, 10, 11, 12]])
+    np.testing.assert_allclose(scores, [0.9, 0.7], rtol=1e-6)
+    assert [TAXONOMY[c] for c in cls] == ["aircraft", "small-vehicle"]
+    from detector.backends.onnx import regularize_rboxes
+
+    np.testing.assert_allclose(rboxes, regularize_rboxes(xywhr), atol=1e-4)
+    _, none_rotated, _, _ = worker.sahi_to_arrays([_prediction(0, [1, 2, 3, 4], 0.5, None)], class_map)
+    assert none_rotated is None
+    empty = worker.sahi_to_arrays([], class_map)
+    assert empty[0].shape == (0, 4) and len(empty[2]) == 0
+
+
+def test_quick_mode_never_writes_benchmarks_md(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--quick", "--out", str(ROOT / "BENCHMARKS.md")])
+    assert "not publishable" in capsys.readouterr().err
+    s = bench.parse_args(["--quick"])
+    assert s.out.name == "BENCHMARKS.quick.md" and s.repeats == 1 and s.scenes == []
+    full = bench.parse_args([])
+    assert full.out == ROOT / "BENCHMARKS.md" and full.memory_sides == [5000, 10000, 20000]
+    assert full.headline == 2560 and full.repeats == 3 and full.scenes is None
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--sections", "a,x"])
+
+
+def test_end_to_end_ours_floor_and_memory(tmp_path: Path, shared_data: Path) -> None:
+    """Our side only (no SAHI): one demo chip with its floor, and one small generated GeoTIFF."""
+    if not ONNX.is_file():
+        pytest.skip(f"{ONNX} missing: run `make setup`")
+    out = tmp_path / "B.md"
+    argv = ["--data", str(shared_data), "--out", str(out), "--cache", str(tmp_path / "cache")]
+    argv += [
+        "--sections",
+        "b,c",
+        "--scenes",
+        CHIP,
+        "--headline",
+        "0",
+        "--repeats",
+        "1",
+        "--memory-sides",
+        "600",
+    ]
+    assert bench.main(argv) == 0
+    text = out.read_text()
+    for needle in ("## Setup", "## (b) Pipeline overhead", "## (c) Memory", "## Targets", CHIP, "600 x 600"):
+        assert needle in text
+    raw = json.loads((tmp_path / "cache" / "bench.json").read_text())
+    ours = raw["a"][CHIP]["ours"]
+    assert ours["tiles"] == 1 and ours["n_dets"] > 0 and not ours["torch_imported"]
+    assert ours["peak_rss"] >= ours["rss_after_load"] > 0
+    assert raw["b"]["scenes"][CHIP]["floor"] > 0
+    mem = raw["c"]["600"]
+    assert mem["tiles"] == 1 and mem["peak_rss"] > 0 and not mem["torch_imported"]
+    assert not list(tmp_path.glob(".B.md.*"))  # the atomic write left no temporary file
+
+
+@pytest.mark.slow
+def test_end_to_end_against_sahi(tmp_path: Path, shared_data: Path, pretrained_pt: Path) -> None:
+    """Both sides on the 1024 px demo chip, with the accuracy pass."""
+    pytest.importorskip("sahi")
+    if not ONNX.is_file():
+        pytest.skip(f"{ONNX} missing: run `make setup`")
+    out = tmp_path / "A.md"
+    argv = [
+        "--data",
+        str(shared_data),
+        "--out",
+        str(out),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--pt",
+        str(pretrained_pt),
+    ]
+    argv += ["--sections", "a", "--scenes", CHIP, "--headline", "0", "--repeats", "1"]
+    assert bench.main(argv) == 0
+    raw = json.loads((tmp_path / "cache" / "bench.json").read_text())
+    row = raw["a"][CHIP]
+    assert row["sahi"]["is_obb"] and row["sahi"]["obb_polygons"] and row["sahi"]["n_dets"] > 0
+    assert row["sahi_threads"]["torch_threads"]["timed_calls"] == raw["settings"]["sahi_threads"]
+    acc = next(iter(raw["a"]["_accuracy"].values()))
+    for side in ("ours", "sahi"):
+        assert acc[side]["ap"]["map50"] > 0.2  # both see the chip's vehicles
+    assert "AP50 ours" in out.read_text()
