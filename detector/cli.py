@@ -37,7 +37,7 @@ logger = logging.getLogger("detector.cli")
 IMAGE_EXTENSIONS = (".tif", ".tiff", ".jp2", ".png", ".jpg", ".jpeg", ".vrt")
 #: GDAL configuration used by every command (block cache, remote reads of cloud-optimised GeoTIFFs).
 GDAL_OPTIONS: dict[str, Any] = {
-    "GDAL_CACHEMAX": 512,
+    "GDAL_CACHEMAX": 512 * 2**20,  # bytes: rasterio passes an int to GDAL as bytes
     "VSI_CACHE": True,
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.jp2,.vrt,.ovr,.msk",
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",

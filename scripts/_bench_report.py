@@ -158,12 +158,16 @@ def render(s: Any, r: dict[str, Any]) -> str:
         f"per model call; operating confidence {s.conf} on both sides (SAHI's own default is 0.3); each tool's "
         "own within-tile NMS defaults (ours IoU 0.6, Ultralytics 0.7).",
         f"- **Threads**: ours: onnxruntime intra-op {_threads_ours(r)}, inter-op 1, plus one read-ahead thread. "
-        f"SAHI default: torch threads as Ultralytics leaves them ({_threads_sahi(r, 'sahi')}). SAHI "
-        f"{s.sahi_threads} threads: `torch.set_num_threads({s.sahi_threads})` after loading and again after the "
-        f"warm-up call ({_threads_sahi(r, 'sahi_threads')}). Thread variables ({', '.join(THREAD_ENV)}) are "
-        "removed from every measurement's environment.",
+        + (
+            f"SAHI default: torch threads as Ultralytics leaves them ({_threads_sahi(r, 'sahi')}). SAHI "
+            f"{s.sahi_threads} threads: `torch.set_num_threads({s.sahi_threads})` after loading and again after "
+            f"the warm-up call ({_threads_sahi(r, 'sahi_threads')}). "
+            if _threads_sahi(r, "sahi") != "not measured"
+            else ""
+        )
+        + f"Thread variables ({', '.join(THREAD_ENV)}) are removed from every measurement's environment.",
         f"- **Timing**: each side and scene in a fresh process: load, one warm-up call on the scene, then "
-        f"{s.repeats} timed call{'s' if s.repeats > 1 else ''}; the **median** is reported "
+        f"{_calls(s.repeats, 'timed call')}; the **median** is reported "
         f"(min in the JSON). A call is the whole user-facing function on the image file: read/decode, tiling, "
         "model, decoding, merging. Peak RSS is the process's `ru_maxrss` at the end of the timed calls "
         "(imports, model and warm-up included).",
@@ -338,7 +342,7 @@ def render(s: Any, r: dict[str, Any]) -> str:
             f"{any_row['provider']}) on real {s.tile} px tiles of the scene, input normalised before the clock "
             f"starts, batched as the pipeline batches the scene's tiles (batches of {s.batch}, the rest in one "
             f"last batch), measured in the same process right after the timed pipeline calls: median of "
-            f"{1 if s.quick else max(s.repeats, 3)} calls after one warm-up per batch size. `tiles x batch 1` is "
+            f"{_calls(1 if s.quick else max(s.repeats, 3))} after one warm-up per batch size. `tiles x batch 1` is "
             "the floor without batching. Overhead = pipeline median / floor - 1: reading and decoding the image, "
             "normalisation, decoding the outputs, NMS, moving to scene pixels, merging.",
             "",
@@ -374,8 +378,8 @@ def render(s: Any, r: dict[str, Any]) -> str:
             f"committed). One fresh process per file: `Detector.load` (ONNX), one model call on a batch of "
             f"{s.batch} blank tiles (first-call set-up, not timed), then one timed `Detector.predict(file, "
             f"tile={s.tile}, overlap={s.overlap}, batch={s.batch})`. Peak = `ru_maxrss` of the whole process; "
-            "`after load` = its RSS with the model loaded. Every side listed has at least one full batch, so "
-            "the peaks compare like for like (onnxruntime's memory depends on the batch size).",
+            "`after load` = its RSS with the model loaded. onnxruntime's memory depends on the batch size, so "
+            "only sides with at least one full batch compare like for like.",
             "",
         ]
         head = [
@@ -411,6 +415,10 @@ def render(s: Any, r: dict[str, Any]) -> str:
     # ---- targets
     L += ["## Targets", ""] + [f"- {t}" for t in targets(s, r)] + [""]
     return "\n".join(L)
+
+
+def _calls(n: int, what: str = "call") -> str:
+    return f"{n} {what}{'s' if n != 1 else ''}"
 
 
 def _threads_ours(r: dict[str, Any]) -> str:
@@ -502,6 +510,9 @@ def write_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the report is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
