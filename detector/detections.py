@@ -110,7 +110,9 @@ class Detections:
         first = parts[0]
         for p in parts[1:]:
             if p.class_names != first.class_names:
-                raise ValueError(f"cannot concatenate class names {p.class_names!r} with {first.class_names!r}")
+                raise ValueError(
+                    f"cannot concatenate class names {p.class_names!r} with {first.class_names!r}"
+                )
             if p.is_rotated != first.is_rotated:
                 raise ValueError("cannot concatenate rotated and axis-aligned detections")
         return replace(

@@ -27,7 +27,9 @@ def xyxy_to_corners(xyxy: np.ndarray) -> np.ndarray:
     """Axis-aligned boxes ``(N, 4)`` -> corner points ``(N, 4, 2)``, clockwise on screen from top-left."""
     b = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
     x1, y1, x2, y2 = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
-    return np.stack([np.stack([x1, y1], -1), np.stack([x2, y1], -1), np.stack([x2, y2], -1), np.stack([x1, y2], -1)], 1)
+    return np.stack(
+        [np.stack([x1, y1], -1), np.stack([x2, y1], -1), np.stack([x2, y2], -1), np.stack([x1, y2], -1)], 1
+    )
 
 
 def corners_to_xyxy(corners: np.ndarray) -> np.ndarray:

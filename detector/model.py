@@ -113,7 +113,7 @@ def load_predictor(
     device: str = "cpu",
     conf: float = 0.25,
     iou: float = 0.6,
-    max_det: int = 300,
+    max_det: int = 1000,
     threads: int | None = None,
 ) -> Predictor:
     """Open a model file as a :class:`~detector.backends.base.Predictor`.

@@ -213,7 +213,9 @@ def _gdal_cache() -> contextlib.AbstractContextManager:
     configured = "GDAL_CACHEMAX" in os.environ or (
         rasterio.env.hasenv() and "GDAL_CACHEMAX" in rasterio.env.getenv()
     )
-    return contextlib.nullcontext() if configured else rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20)  # rasterio takes bytes
+    return (
+        contextlib.nullcontext() if configured else rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20)
+    )  # rasterio takes bytes
 
 
 def _open(source: str | Path | np.ndarray, bands: tuple[int, ...] | None, gsd: float | None) -> Scene:
