@@ -241,9 +241,21 @@ def _tile_options(f: Callable[..., Any]) -> Callable[..., Any]:
         "--tile",
         type=click.IntRange(min=32),
         default=None,
-        help="Tile size in model pixels (default: the model's).",
+        callback=_check_tile,
+        help="Tile size in model pixels, a multiple of 32 (default: the model's, e.g. 1024).",
     )(f)
     return f
+
+
+def _check_tile(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    from detector.model import STRIDE
+
+    if value is not None and value % STRIDE:
+        lo = value // STRIDE * STRIDE
+        raise click.BadParameter(
+            f"{value} is not a multiple of {STRIDE} (the model's stride); try {lo} or {lo + STRIDE}"
+        )
+    return value
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -556,7 +568,7 @@ def predict(
         "model %s (%s, %d px tiles)",
         detector.meta.name or weights or "default",
         detector.meta.task,
-        detector.meta.imgsz,
+        tile or detector.meta.imgsz,
     )
 
     results = [SceneResult(source=arg, name=arg, error=f"{arg}: {problem}") for arg, problem in missing]

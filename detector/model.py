@@ -63,6 +63,8 @@ DOTA_V1_NAMES: tuple[str, ...] = (
 
 #: Strides of the YOLO heads we export (P3-P5); the input size must be a multiple of the largest.
 _STRIDES = (8, 16, 32)
+#: Tile sides a model accepts are multiples of this (its largest stride).
+STRIDE = max(_STRIDES)
 #: Default ONNX opset: what Ultralytics 8.4 picks for torch>=2.4 (opset 19+ puts Resize/ReduceMax on the CPU
 #: under onnxruntime's CUDA provider), and onnxruntime>=1.14 runs it.
 DEFAULT_OPSET = 18
@@ -343,13 +345,21 @@ def meta_from_checkpoint(
         raise ModelError(f"{source}: {e}") from e
 
 
+def n_anchors(size: int) -> int:
+    """Anchors of a raw YOLO head (P3-P5) for a ``size`` x ``size`` input: ``(size/8)^2 + (size/16)^2 + ...``."""
+    return sum((int(size) // s) ** 2 for s in _STRIDES)
+
+
 def check_meta_against_shapes(
     meta: ModelMeta, input_shape: list[Any], output_shape: list[Any], source: str | Path
 ) -> None:
     """Raise :class:`ModelError` when the metadata does not describe a network with these I/O shapes.
 
     ``input_shape`` is ``(B, 3, S, S)``; ``output_shape`` is ``(B, 4 + nc (+1 for obb), anchors)`` for raw
-    heads or ``(B, K, 6 (+1 for obb))`` for end-to-end heads. Symbolic dims (strings / None) are not checked.
+    heads or ``(B, K, 6 (+1 for obb))`` for end-to-end heads. Batch, height, width and anchors may be
+    symbolic (strings / None, as in files exported with dynamic sizes) and are then not checked; when fixed,
+    the size must be ``meta.imgsz`` and the anchors those of that size. The input channels (3) and the values
+    per detection are always checked.
     """
     nc = len(meta.raw_names)
 
@@ -374,13 +384,17 @@ def check_meta_against_shapes(
         want, got = 4 + nc + extra, fixed(output_shape[1])
         what = f"4 box + {nc} class{' + 1 angle' if extra else ''} channels"
         anchors = fixed(output_shape[2])
-        n_anchors = sum((meta.imgsz // s) ** 2 for s in _STRIDES)
-        if anchors is not None and anchors != n_anchors:
+        if anchors is not None and anchors != n_anchors(meta.imgsz):  # fixed only in fixed-size files
             raise ModelError(
                 f"{source}: weights do not match the metadata: {anchors} anchors in the output, "
-                f"{n_anchors} expected for imgsz={meta.imgsz}"
+                f"{n_anchors(meta.imgsz)} expected for imgsz={meta.imgsz}"
             )
-    if got is not None and got != want:
+    if got is None:  # every head we export fixes it; a dynamic one here is another kind of output
+        raise ModelError(
+            f"{source}: network output shape {output_shape} does not fix the values per detection where the "
+            f"metadata ({meta.task}, end_to_end={meta.end_to_end}) expects {want}: {what}"
+        )
+    if got != want:
         raise ModelError(
             f"{source}: weights do not match the metadata: the output has {got} values per detection, the "
             f"metadata ({meta.task}, {nc} classes, end_to_end={meta.end_to_end}) means {want}: {what}"
@@ -392,12 +406,17 @@ def check_meta_against_shapes(
 # ----------------------------------------------------------------------------------------------------------
 
 
-def prepare_for_inference(model: Any, *, end_to_end: bool, max_det: int = 300, export: bool = False) -> Any:
+def prepare_for_inference(
+    model: Any, *, end_to_end: bool, max_det: int = 300, export: bool = False, dynamic: bool = False
+) -> Any:
     """Ready an Ultralytics detect/OBB model for plain ``model(x)`` calls, as Ultralytics' exporter does.
 
     Selects the head (one-to-many + NMS, or the NMS-free one-to-one head), fuses Conv+BN, puts the model in
     eval mode with gradients off and (``export``) switches the head to export mode: its forward then returns
     the raw decoded tensor alone, ``(B, 4+nc(+1), A)`` or ``(B, K, 6(+1))``, with xywh boxes in input pixels.
+    ``dynamic`` makes the head rebuild its anchor grid from the feature maps on every call, so a traced
+    graph computes it from the input size (Ultralytics' ``dynamic=True`` export); without it the grid is
+    cached and rebuilt only when the input shape changes, which is all eager PyTorch needs.
     Works on the model in place and returns it.
     """
     from ultralytics.nn.modules import C2f, Detect
@@ -410,7 +429,7 @@ def prepare_for_inference(model: Any, *, end_to_end: bool, max_det: int = 300, e
     model = model.fuse(verbose=False)
     for m in model.modules():
         if isinstance(m, Detect):
-            m.dynamic = False
+            m.dynamic = bool(dynamic)
             m.export = export
             m.format = "onnx" if export else None  # type: ignore[assignment]
             m.max_det = int(max_det)
@@ -436,20 +455,24 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     simplify: bool = True,
     max_det: int = 300,
+    dynamic: bool = True,
 ) -> Path:
     """Export an Ultralytics ``.pt`` (detect or OBB, YOLOv8 / YOLO11 / YOLO26 heads) to a self-describing ONNX.
 
-    The graph takes ``images`` float32 ``(batch, 3, imgsz, imgsz)`` RGB in ``[0, 1]`` with a dynamic batch
-    axis and a fixed square size, and returns ``output0``: the raw head ``(batch, 4 + nc (+1 angle), anchors)``
-    (xywh centre boxes in input pixels, class probabilities, angle in radians), or for ``end_to_end`` the
-    NMS-free head's top ``max_det`` rows ``(batch, max_det, 6 | 7)``. Our :class:`ModelMeta` is stored as JSON
-    under ``META_KEY`` in ``metadata_props``.
+    The graph takes ``images`` float32 ``(batch, 3, height, width)`` RGB in ``[0, 1]`` with dynamic batch,
+    height and width axes (any side that is a multiple of 32; the pipeline feeds square tiles, ``imgsz`` by
+    default), and returns ``output0``: the raw head ``(batch, 4 + nc (+1 angle), anchors)`` (xywh centre boxes
+    in input pixels, class probabilities, angle in radians; ``anchors`` follows the input size), or for
+    ``end_to_end`` the NMS-free head's top ``max_det`` rows ``(batch, max_det, 6 | 7)``. Our
+    :class:`ModelMeta` is stored as JSON under ``META_KEY`` in ``metadata_props``; its ``imgsz`` is the
+    training (default tile) size.
 
     The file is verified before it replaces ``out_path`` (written to a temporary file, then ``os.replace``):
-    ``onnx.checker``, then onnxruntime against PyTorch on a fixed seeded input (batch of 2, which also
-    exercises the dynamic batch axis). Raw heads must agree within ``atol`` on every value (box pixels,
-    scores, angles) with a relative term of ``atol`` for large pixel values; end-to-end heads are compared
-    as sets of rows (near ties may reorder the top k).
+    ``onnx.checker``, then onnxruntime against PyTorch on a fixed seeded input at ``imgsz`` (batch of 2, which
+    also exercises the dynamic batch axis) and, for dynamic files, on a second seeded tile of another size
+    (about half ``imgsz``), which catches a graph that baked in the anchor grid of ``imgsz``. Raw heads must
+    agree within ``atol`` on every value (box pixels, scores, angles) with a relative term of ``atol`` for
+    large pixel values; end-to-end heads are compared as sets of rows (near ties may reorder the top k).
 
     Args:
         pt_path: Ultralytics checkpoint.
@@ -464,7 +487,10 @@ def export_onnx(
         end_to_end: export the NMS-free one-to-one head (YOLO26 and other models that have one).
         opset: ONNX opset.
         simplify: run onnxslim on the graph (when installed).
-        max_det: rows of the end-to-end output (the most detections per tile such a model can return).
+        max_det: rows of the end-to-end output (the most detections per tile such a model can return). Such
+            a model needs tiles with at least that many anchors (128 px for 300 rows).
+        dynamic: dynamic height and width; ``False`` fixes the input at ``imgsz`` x ``imgsz`` (the files
+            exported before dynamic sizes were added are of that kind; they then run only that tile size).
 
     Returns:
         ``out_path`` as a :class:`~pathlib.Path`.
@@ -491,8 +517,7 @@ def export_onnx(
     stride = int(max(model.stride.tolist()))
     if size <= 0 or size % max(stride, 32):
         raise ValueError(f"imgsz must be a positive multiple of {max(stride, 32)}, got {size!r}")
-    n_anchors = sum((size // s) ** 2 for s in _STRIDES)
-    k = min(int(max_det), n_anchors)
+    k = min(int(max_det), n_anchors(size))
     import ultralytics
 
     extra = dict(meta.extra)
@@ -510,6 +535,7 @@ def export_onnx(
     )
     if end_to_end:
         extra["max_det"] = k
+    extra["dynamic_size"] = bool(dynamic)
     meta = ModelMeta(
         raw_names=meta.raw_names,
         class_map=meta.class_map,
@@ -522,7 +548,7 @@ def export_onnx(
         extra=extra,
     )
 
-    net = prepare_for_inference(model, end_to_end=end_to_end, max_det=k, export=True)
+    net = prepare_for_inference(model, end_to_end=end_to_end, max_det=k, export=True, dynamic=dynamic)
     torch.manual_seed(0)
     x_trace = torch.rand(1, 3, size, size)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -539,7 +565,7 @@ def export_onnx(
                 opset_version=int(opset),
                 input_names=["images"],
                 output_names=["output0"],
-                dynamic_axes={"images": {0: "batch"}, "output0": {0: "batch"}},
+                dynamic_axes=_dynamic_axes(dynamic, end_to_end),
                 **kwargs,
             )
         proto = onnx.load(str(tmp))
@@ -558,7 +584,7 @@ def export_onnx(
         onnx.checker.check_model(proto, full_check=True)
         onnx.save(proto, str(tmp))
         if verify:
-            report = _verify_export(net, tmp, meta, atol)
+            report = _verify_export(net, tmp, meta, atol, dynamic=dynamic)
             log.info("verified %s against PyTorch: %s", out_path.name, report)
         os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is for everyone to read
         os.replace(tmp, out_path)
@@ -570,13 +596,45 @@ def export_onnx(
         if tmp.exists():
             tmp.unlink()
     log.info(
-        "exported %s -> %s (imgsz %d, %s, end_to_end=%s)", pt_path, out_path, size, meta.task, end_to_end
+        "exported %s -> %s (imgsz %d%s, %s, end_to_end=%s)",
+        pt_path,
+        out_path,
+        size,
+        ", any multiple of 32 accepted" if dynamic else ", fixed",
+        meta.task,
+        end_to_end,
     )
     return out_path
 
 
-def _verify_export(net: Any, onnx_path: Path, meta: ModelMeta, atol: float) -> dict[str, float]:
-    """onnxruntime vs PyTorch on a seeded batch of 2; raise :class:`ModelError` beyond ``atol``."""
+def _dynamic_axes(dynamic: bool, end_to_end: bool) -> dict[str, dict[int, str]]:
+    """``torch.onnx.export`` dynamic axes: batch always; height, width and the anchors when ``dynamic``."""
+    if not dynamic:
+        return {"images": {0: "batch"}, "output0": {0: "batch"}}
+    out = {0: "batch"} if end_to_end else {0: "batch", 2: "anchors"}  # end-to-end: always K rows
+    return {"images": {0: "batch", 2: "height", 3: "width"}, "output0": out}
+
+
+def min_tile(meta: ModelMeta) -> int:
+    """The smallest tile side a model accepts: 32, or for end-to-end heads enough anchors for their K rows."""
+    rows = int(meta.extra.get("max_det", 0)) if meta.end_to_end else 0
+    size = STRIDE
+    while n_anchors(size) < rows:
+        size += STRIDE
+    return size
+
+
+def _second_size(meta: ModelMeta) -> int:
+    """A tile size other than ``imgsz`` for the second verification: about half of it, else one step up."""
+    half = max(min_tile(meta), meta.imgsz // 2 // STRIDE * STRIDE)
+    return half if half != meta.imgsz else meta.imgsz + STRIDE
+
+
+def _verify_export(
+    net: Any, onnx_path: Path, meta: ModelMeta, atol: float, *, dynamic: bool = True
+) -> dict[str, float]:
+    """onnxruntime vs PyTorch on a seeded batch of 2 at ``imgsz`` (and, when ``dynamic``, one tile at another
+    size); raise :class:`ModelError` beyond ``atol``. Returns the largest differences seen."""
     import torch
 
     from detector.backends.onnx import open_session, session_meta
@@ -584,14 +642,28 @@ def _verify_export(net: Any, onnx_path: Path, meta: ModelMeta, atol: float) -> d
     session = open_session(onnx_path, threads=None)
     session_meta(session, onnx_path)  # metadata matches the graph's shapes
     rng = np.random.default_rng(0)
-    x = rng.random((2, 3, meta.imgsz, meta.imgsz), dtype=np.float32)
-    with torch.no_grad():
-        ref = net(torch.from_numpy(x))
-    ref = (ref[0] if isinstance(ref, (tuple, list)) else ref).numpy()
-    got = session.run(None, {session.get_inputs()[0].name: x})[0]
-    if got.shape != ref.shape:
-        raise ModelError(f"{onnx_path}: ONNX output shape {got.shape} differs from PyTorch's {ref.shape}")
-    return compare_outputs(ref, got, meta, atol, source=onnx_path)
+    shapes = [(2, meta.imgsz)] + ([(1, _second_size(meta))] if dynamic else [])
+    report: dict[str, float] = {}
+    for batch, size in shapes:
+        x = rng.random((batch, 3, size, size), dtype=np.float32)
+        with torch.no_grad():
+            ref = net(torch.from_numpy(x))
+        ref = (ref[0] if isinstance(ref, (tuple, list)) else ref).numpy()
+        try:
+            got = session.run(None, {session.get_inputs()[0].name: x})[0]
+        except Exception as e:  # onnxruntime's own error types
+            raise ModelError(
+                f"{onnx_path}: onnxruntime cannot run a {size}x{size} input: {type(e).__name__}: {e}"
+            ) from e
+        if got.shape != ref.shape:
+            raise ModelError(
+                f"{onnx_path}: ONNX output shape {got.shape} differs from PyTorch's {ref.shape} "
+                f"for a {size}x{size} input"
+            )
+        for key, val in compare_outputs(ref, got, meta, atol, source=f"{onnx_path} ({size} px)").items():
+            report[key] = max(report.get(key, 0.0), val)
+    report["sizes"] = float(len(shapes))
+    return report
 
 
 def compare_outputs(

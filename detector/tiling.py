@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from rasterio.windows import Window
 
+from detector.model import STRIDE
+
 logger = logging.getLogger(__name__)
 
 #: Resample only when the scene GSD and the model's training GSD differ by more than this fraction.
@@ -26,7 +28,9 @@ class TileConfig:
     """How a scene is cut into tiles.
 
     Attributes:
-        tile: tile size in model input pixels; ``None`` uses the model's input size (``meta.imgsz``).
+        tile: tile size in model input pixels, a multiple of 32 (the models' stride); ``None`` uses the
+            model's input size (``meta.imgsz``). Models exported before dynamic tile sizes accept only
+            their ``imgsz``.
         overlap: overlap between neighbouring tiles: a fraction of the tile below 1, pixels from 1 up.
         batch: tiles per model call.
         resample: resample the scene to the model's training GSD when both are known and differ by more
@@ -41,6 +45,12 @@ class TileConfig:
     def __post_init__(self) -> None:
         if self.tile is not None and (int(self.tile) != self.tile or self.tile < 1):
             raise ValueError(f"TileConfig.tile must be a positive integer or None, got {self.tile!r}")
+        if self.tile is not None and self.tile % STRIDE:
+            lo = max(STRIDE, int(self.tile) // STRIDE * STRIDE)
+            raise ValueError(
+                f"TileConfig.tile must be a multiple of {STRIDE} (the model's stride), got {self.tile!r}; "
+                f"try {lo} or {lo + STRIDE}"
+            )
         if not self.overlap >= 0:
             raise ValueError(
                 f"TileConfig.overlap must be >= 0 (fraction below 1, else pixels), got {self.overlap!r}"

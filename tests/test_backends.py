@@ -126,6 +126,27 @@ def test_decode_empty_and_input_checks():
         B.to_input(np.zeros((64, 64, 3), np.uint8), 64)
 
 
+@pytest.mark.parametrize("size", [32, 64, 160, 1024])
+def test_tiles_of_any_multiple_of_32(size):
+    tiles = np.full((2, size, size, 3), 255, np.uint8)
+    assert B.check_tiles(tiles) == size
+    x = B.to_input(tiles)
+    assert x.shape == (2, 3, size, size) and float(x.min()) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ((1, 100, 100, 3), r"multiple of 32 .* got 100x100; use e.g. 96 or 128"),
+        ((1, 16, 16, 3), r"multiple of 32 .* got 16x16; use e.g. 32 or 32"),
+        ((1, 64, 96, 3), "must be square, got 64x96"),
+    ],
+)
+def test_tiles_that_no_model_takes(shape, message):
+    with pytest.raises(ValueError, match=message):
+        B.check_tiles(np.zeros(shape, np.uint8))
+
+
 # --------------------------------------------------------------------------------------------------------
 # numpy NMS / probIoU against Ultralytics' torch operators
 # --------------------------------------------------------------------------------------------------------
@@ -252,6 +273,64 @@ def test_onnx_and_torch_predictors_agree_on_real_chip(obb_onnx, pretrained_pt, d
         assert np.all((do.xywhr[:, :2] > -5) & (do.xywhr[:, :2] < SMALL + 5))
 
 
+@pytest.mark.parametrize("size", [160, 480])
+def test_onnx_and_torch_predictors_agree_at_other_tile_sizes(obb_onnx, pretrained_pt, shared_data, size):
+    """One dynamic export (imgsz 320) runs other tile sizes, and agrees with PyTorch at each of them."""
+    from PIL import Image
+
+    from detector.backends.torch import TorchPredictor
+    from detector.model import load_predictor, n_anchors
+
+    im = np.asarray(Image.open(shared_data / DEMO_CHIP).convert("RGB"))
+    tiles = np.stack([im[:size, :size], im[300 : 300 + size, 500 : 500 + size]])
+    onnx_pred = load_predictor(obb_onnx, threads=2)
+    torch_pred = TorchPredictor(pretrained_pt, imgsz=SMALL, threads=2)
+    assert onnx_pred.meta.imgsz == SMALL and onnx_pred.fixed_size is None
+    raw_onnx, raw_torch = onnx_pred.run(B.to_input(tiles)), torch_pred.run(tiles).numpy()
+    assert raw_onnx.shape == raw_torch.shape == (2, 20, n_anchors(size))
+    np.testing.assert_allclose(raw_onnx[:, :4], raw_torch[:, :4], atol=1e-3, rtol=1e-4)
+    np.testing.assert_allclose(raw_onnx[:, 4:], raw_torch[:, 4:], atol=1e-4)
+    for do, dt in zip(onnx_pred.predict_batch(tiles), torch_pred.predict_batch(tiles), strict=True):
+        _assert_same(do, dt)
+        assert set(do.class_ids.tolist()) <= {2, 3}  # the car park chip: vehicles only
+        assert np.all((do.xywhr[:, :2] > -5) & (do.xywhr[:, :2] < size + 5))  # boxes in this tile's pixels
+
+
+def test_predictors_reject_tiles_not_a_multiple_of_32(obb_onnx, pretrained_pt, torch_two_threads):
+    from detector.backends.torch import TorchPredictor
+    from detector.model import load_predictor
+
+    tiles = np.zeros((1, 200, 200, 3), np.uint8)
+    for pred in (load_predictor(obb_onnx, threads=1), TorchPredictor(pretrained_pt, threads=2)):
+        with pytest.raises(ValueError, match=r"multiple of 32 \(the model's stride\), got 200x200"):
+            pred.predict_batch(tiles)
+
+
+def test_predict_cli_with_tile(obb_onnx, shared_data, tmp_path):
+    """``detector predict --tile`` on a small image: the dynamic export runs 160 px tiles; 100 is refused."""
+    import json
+
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from detector import cli
+    from detector.pipeline import Detector
+    from detector.tiling import TileConfig
+
+    scene = tmp_path / "chip.png"
+    Image.open(shared_data / DEMO_CHIP).convert("RGB").crop((300, 200, 700, 500)).save(scene)  # 400 x 300
+    runner = CliRunner()
+    args = ["predict", str(scene), "-o", str(tmp_path / "out"), "-w", str(obb_onnx), "--threads", "2"]
+    r = runner.invoke(cli.cli, [*args, "--tile", "160", "-f", "geojson", "--no-quicklook"])
+    assert r.exit_code == 0, r.output
+    features = json.loads((tmp_path / "out" / "chip.geojson").read_text())["features"]
+    assert len(features) > 5  # a car park
+    dets = Detector.load(obb_onnx, threads=2).predict(scene, tile=TileConfig(tile=160))
+    assert dets.meta["tile"] == 160 and dets.meta["tiles"] == 9 and len(dets) == len(features)
+    r = runner.invoke(cli.cli, [*args, "--tile", "100"])
+    assert r.exit_code == 2 and "100 is not a multiple of 32" in r.output and "try 96 or 128" in r.output
+
+
 def test_onnx_matches_ultralytics_predictor(obb_onnx, pretrained_pt, demo_tiles):
     from ultralytics import YOLO
 
@@ -339,7 +418,12 @@ def test_tiny_detect_model_onnx_vs_torch(tmp_path, torch_two_threads, yaml, end_
     from detector.model import export_onnx, read_meta
 
     pt = _tiny_detect_pt(tmp_path / "tiny.pt", yaml)
-    onnx_path = export_onnx(pt, tmp_path / "tiny.onnx", end_to_end=end_to_end)
+    # Random YOLO26 weights make absurd boxes (|coords| ~ 1000 px, no DFL) whose float32 differences reach
+    # tenths of a pixel at the export's second check (160 px), and near-tied scores reorder the top k, so
+    # that check gets a looser atol here; the real-model exports above are held to the default 1e-3.
+    onnx_path = export_onnx(
+        pt, tmp_path / "tiny.onnx", end_to_end=end_to_end, atol=1e-2 if end_to_end else 1e-3
+    )
     meta = read_meta(onnx_path)
     assert meta.task == "detect" and meta.imgsz == 128 and meta.end_to_end is end_to_end
     assert meta.class_map == dict(enumerate(TAXONOMY))  # identity by name

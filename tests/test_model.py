@@ -12,14 +12,18 @@ from detector.backends.base import META_KEY, TAXONOMY, ModelMeta
 from detector.model import (
     DOTA_CLASS_MAP,
     ModelError,
+    check_meta_against_shapes,
     compare_outputs,
     default_class_map,
     default_weights,
     load_predictor,
+    min_tile,
+    n_anchors,
     read_meta,
 )
 
 SMALL = 320
+FIXED = 160
 DOTA_NAMES = (
     "plane ship storage-tank baseball-diamond tennis-court basketball-court ground-track-field harbor bridge "
     "large-vehicle small-vehicle helicopter roundabout soccer-ball-field swimming-pool"
@@ -36,6 +40,21 @@ def exported(pretrained_pt: Path, tmp_path_factory) -> Path:
     try:
         out = tmp_path_factory.mktemp("export") / "sub" / "m.onnx"
         return export_onnx(pretrained_pt, out, imgsz=SMALL, name="v8-obb-test", gsd=0.3)
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def exported_fixed(pretrained_pt: Path, tmp_path_factory) -> Path:
+    """A fixed-size export, as every file made before dynamic tile sizes (input 160 x 160 only)."""
+    torch = pytest.importorskip("torch")
+    from detector.model import export_onnx
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(min(2, old))
+    try:
+        out = tmp_path_factory.mktemp("export") / "fixed.onnx"
+        return export_onnx(pretrained_pt, out, imgsz=FIXED, name="v8-obb-fixed", dynamic=False)
     finally:
         torch.set_num_threads(old)
 
@@ -76,16 +95,18 @@ def test_export_metadata_round_trip(exported: Path, pretrained_pt: Path):
     assert pt_meta.gsd is None
 
 
-def test_export_graph_shape_and_dynamic_batch(exported: Path):
+def test_export_graph_shape_and_dynamic_axes(exported: Path):
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
     (inp,), (out,) = sess.get_inputs(), sess.get_outputs()
-    assert inp.shape[1:] == [3, SMALL, SMALL] and not isinstance(inp.shape[0], int)
-    assert out.shape[1:] == [20, sum((SMALL // s) ** 2 for s in (8, 16, 32))]
-    for b in (1, 3):
-        y = sess.run(None, {inp.name: np.zeros((b, 3, SMALL, SMALL), np.float32)})[0]
-        assert y.shape[0] == b
+    assert inp.shape[1] == 3 and not any(isinstance(inp.shape[i], int) for i in (0, 2, 3))
+    assert out.shape[1] == 20 and not isinstance(out.shape[0], int) and not isinstance(out.shape[2], int)
+    assert read_meta(exported).extra["dynamic_size"] is True
+    for b, size in ((1, SMALL), (3, SMALL), (2, 160), (1, 416)):
+        y = sess.run(None, {inp.name: np.zeros((b, 3, size, size), np.float32)})[0]
+        assert y.shape == (b, 20, n_anchors(size))
+    assert n_anchors(SMALL) == 40 * 40 + 20 * 20 + 10 * 10
     assert oct(exported.stat().st_mode & 0o777) == "0o644"
     assert not list(exported.parent.glob("*.tmp"))
 
@@ -201,13 +222,12 @@ def test_onnx_without_our_metadata(tmp_path: Path, exported: Path):
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"imgsz": 640}, "network input is .*320.* imgsz=640"),
         (
             {"raw_names": ["a", "b", "c", "d"], "class_map": {"0": "aircraft"}},
             "output has 20 values .* means 9",
         ),
         ({"task": "detect"}, "output has 20 values .* means 19"),
-        ({"end_to_end": True}, "output has 2100 values .* means 7"),
+        ({"end_to_end": True}, r"does not fix the values per detection .* expects 7"),
         ({"class_map": {"0": "tank"}}, "unreadable detector metadata"),
     ],
 )
@@ -215,6 +235,84 @@ def test_metadata_that_does_not_match_the_network(tmp_path: Path, exported: Path
     bad = _rewrite_meta(exported, tmp_path / "bad.onnx", **changes)
     with pytest.raises(ModelError, match=message):
         read_meta(bad)
+    # a dynamic-size file runs any multiple of 32: another imgsz in its metadata is no mismatch
+    assert read_meta(_rewrite_meta(exported, tmp_path / "ok.onnx", imgsz=640)).imgsz == 640
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"imgsz": 640}, r"network input is \[160, 160\] pixels, metadata says imgsz=640"),
+        ({"task": "detect"}, "output has 20 values .* means 19"),
+        ({"end_to_end": True}, "output has 525 values .* means 7"),
+    ],
+)
+def test_metadata_that_does_not_match_a_fixed_size_network(
+    tmp_path: Path, exported_fixed: Path, changes, message
+):
+    assert read_meta(exported_fixed).imgsz == FIXED
+    bad = _rewrite_meta(exported_fixed, tmp_path / "bad.onnx", **changes)
+    with pytest.raises(ModelError, match=message):
+        read_meta(bad)
+
+
+def test_shape_check_accepts_symbolic_dims_and_catches_wrong_channels():
+    meta = ModelMeta(raw_names=tuple(DOTA_NAMES), class_map=DOTA_CLASS_MAP, imgsz=1024, task="obb")
+    ok_in, ok_out = ["batch", 3, "height", "width"], ["batch", 20, "anchors"]
+    check_meta_against_shapes(meta, ok_in, ok_out, "m.onnx")
+    check_meta_against_shapes(meta, [None, 3, None, None], [None, 20, None], "m.onnx")
+    check_meta_against_shapes(meta, [1, 3, 1024, 1024], [1, 20, n_anchors(1024)], "m.onnx")  # fixed, older
+    bad = [
+        (["batch", 4, "height", "width"], ok_out, r"\(batch, 3, height, width\)"),
+        (["batch", 3, "height"], ok_out, r"\(batch, 3, height, width\)"),
+        (ok_in, ["batch", 19, "anchors"], "output has 19 values .* means 20"),
+        (ok_in, ["batch", "channels", "anchors"], "does not fix the values per detection .* expects 20"),
+        (ok_in, ["batch", 20], "not 3-dimensional"),
+        ([1, 3, 640, 640], ok_out, r"input is \[640, 640\] pixels, metadata says imgsz=1024"),
+        (ok_in, ["batch", 20, 8400], "8400 anchors in the output, 21504 expected for imgsz=1024"),
+    ]
+    for inp, out, message in bad:
+        with pytest.raises(ModelError, match=f"m.onnx: .*{message}"):
+            check_meta_against_shapes(meta, inp, out, "m.onnx")
+    e2e = ModelMeta(
+        raw_names=tuple(DOTA_NAMES), class_map=DOTA_CLASS_MAP, imgsz=1024, task="obb", end_to_end=True
+    )
+    check_meta_against_shapes(e2e, ok_in, ["batch", 300, 7], "m.onnx")
+    with pytest.raises(ModelError, match="output has 6 values .* means 7"):
+        check_meta_against_shapes(e2e, ok_in, ["batch", 300, 6], "m.onnx")
+
+
+def test_min_tile_of_end_to_end_models():
+    meta = ModelMeta(raw_names=tuple(DOTA_NAMES), class_map=DOTA_CLASS_MAP, imgsz=1024, task="obb")
+    assert min_tile(meta) == 32
+    e2e = ModelMeta(
+        raw_names=tuple(DOTA_NAMES),
+        class_map=DOTA_CLASS_MAP,
+        imgsz=1024,
+        task="obb",
+        end_to_end=True,
+        extra={"max_det": 300},
+    )
+    assert min_tile(e2e) == 128 and n_anchors(96) < 300 <= n_anchors(128)
+
+
+def test_fixed_size_file_runs_its_size_only(exported_fixed: Path):
+    """Files exported before dynamic sizes keep working at their size and say how to get any other size."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(exported_fixed), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].shape[1:] == [3, FIXED, FIXED]
+    assert sess.get_outputs()[0].shape[1:] == [20, n_anchors(FIXED)]
+    pred = load_predictor(exported_fixed, threads=1)
+    assert pred.fixed_size == FIXED and pred.meta.imgsz == FIXED
+    tiles = np.random.default_rng(0).integers(0, 256, (2, FIXED, FIXED, 3), dtype=np.uint8)
+    assert len(pred.predict_batch(tiles)) == 2
+    with pytest.raises(
+        ValueError, match=r"fixed.onnx has a fixed 160x160 input .* 320x320 .*`detector export"
+    ):
+        pred.predict_batch(np.zeros((1, 320, 320, 3), np.uint8))
+    with pytest.raises(ValueError, match="multiple of 32"):
+        pred.predict_batch(np.zeros((1, 150, 150, 3), np.uint8))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -244,7 +342,7 @@ def test_load_predictor_dispatch_and_validation(exported: Path):
     from detector.backends.onnx import OnnxPredictor
 
     pred = load_predictor(exported, conf=0.4, iou=0.5, max_det=7, threads=1)
-    assert isinstance(pred, OnnxPredictor) and pred.meta.imgsz == SMALL
+    assert isinstance(pred, OnnxPredictor) and pred.meta.imgsz == SMALL and pred.fixed_size is None
     assert (pred.conf, pred.iou, pred.max_det) == (0.4, 0.5, 7)
     dets = pred.predict_batch(np.zeros((0, SMALL, SMALL, 3), np.uint8))
     assert dets == []
@@ -266,11 +364,22 @@ def test_export_yolo26_both_heads(tmp_path: Path):
 
     from detector.model import export_onnx
 
-    for e2e, shape in ((False, [20, 2100]), (True, [300, 7])):
+    for e2e, shape in ((False, [20, "anchors"]), (True, [300, 7])):
         out = export_onnx(p, tmp_path / f"y26_{e2e}.onnx", imgsz=SMALL, end_to_end=e2e)
         assert read_meta(out).end_to_end is e2e
         sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
         assert sess.get_outputs()[0].shape[1:] == shape
+        y = sess.run(None, {"images": np.zeros((1, 3, 128, 128), np.float32)})[0]  # min tile of e2e
+        assert y.shape == (1, *((20, n_anchors(128)) if not e2e else shape))
+        pred = load_predictor(out, threads=2)
+        small = np.zeros((1, 96, 96, 3), np.uint8)  # 189 anchors
+        if e2e:  # its top-300 rows need 300 anchors: the graph itself fails below 128 px
+            with pytest.raises(Exception):  # noqa: B017, PT011  # onnxruntime's own error type
+                sess.run(None, {"images": np.zeros((1, 3, 96, 96), np.float32)})
+            with pytest.raises(ValueError, match="too small for this end-to-end model.* at least 128 px"):
+                pred.predict_batch(small)
+        else:
+            assert len(pred.predict_batch(small)) == 1
 
 
 def test_export_needs_a_class_map_for_foreign_classes(tmp_path: Path):

@@ -86,6 +86,15 @@ def test_tile_config_rejects_bad_values(kwargs: dict) -> None:
         TileConfig(**kwargs)
 
 
+@pytest.mark.parametrize(
+    ("tile", "hint"), [(500, "try 480 or 512"), (16, "try 32 or 64"), (1000, "try 992 or 1024")]
+)
+def test_tile_must_be_a_multiple_of_the_stride(tile: int, hint: str) -> None:
+    with pytest.raises(ValueError, match=rf"TileConfig.tile must be a multiple of 32 .* got {tile}; {hint}"):
+        TileConfig(tile=tile)
+    assert TileConfig(tile=tile // 32 * 32 + 32).tile % 32 == 0
+
+
 def test_overlap_not_smaller_than_tile_is_an_error() -> None:
     with pytest.raises(ValueError, match="256 px tile"):
         TileConfig(overlap=300).overlap_px(256)

@@ -4,9 +4,11 @@ A predictor takes a batch of tiles and returns one :class:`~detector.detections.
 in **tile pixel** coordinates (no CRS, no transform). The tiler calls nothing else, so it never needs to know
 which backend it drives.
 
-Tiles: ``uint8`` array of shape ``(B, S, S, 3)``, RGB, values 0-255, ``S == meta.imgsz`` (the pipeline pads
-and resamples before calling). Normalisation to the network's input range is the backend's job, as the
-metadata says (``meta.normalization``).
+Tiles: ``uint8`` array of shape ``(B, S, S, 3)``, RGB, values 0-255, ``S`` a multiple of 32, ``meta.imgsz``
+unless the user chose another tile size (models exported with a fixed input size accept only their
+``imgsz`` and raise ``ValueError`` otherwise); the pipeline pads and resamples before calling.
+Normalisation to the network's input range is the backend's job, as the metadata says
+(``meta.normalization``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """The onnxruntime backend: :class:`OnnxPredictor` and the decoders of raw YOLO outputs (numpy only).
 
-Network input: float32 ``(B, 3, S, S)``, RGB, ``pixel / 255`` (``meta.normalization == "rgb/255"``).
+Network input: float32 ``(B, 3, S, S)``, RGB, ``pixel / 255`` (``meta.normalization == "rgb/255"``). ``S`` is
+any multiple of 32 for files exported with dynamic height and width (``meta.imgsz`` is then the default tile
+size), or exactly the fixed size of older files (their input shape says which).
 
 Network outputs decoded here (all coordinates in input pixels):
 
@@ -28,6 +30,7 @@ import numpy as np
 
 from detector.backends.base import META_KEY, TAXONOMY, ModelMeta
 from detector.detections import Detections
+from detector.model import STRIDE, min_tile
 
 log = logging.getLogger(__name__)
 
@@ -126,32 +129,54 @@ def class_lut(meta: ModelMeta) -> np.ndarray:
     return lut
 
 
-def check_tiles(tiles: np.ndarray, imgsz: int) -> None:
-    """Raise ``ValueError`` unless ``tiles`` is a ``(B, imgsz, imgsz, 3)`` uint8 array."""
+def check_tiles(tiles: np.ndarray, size: int | None = None) -> int:
+    """Check a batch of tiles and return their side ``S``.
+
+    Raises:
+        ValueError: ``tiles`` is not a ``(B, S, S, 3)`` uint8 array with ``S`` a multiple of 32 (the models'
+            stride), or ``S`` is not ``size`` when one is given (a model with a fixed input size).
+    """
     if not isinstance(tiles, np.ndarray) or tiles.ndim != 4 or tiles.shape[-1] != 3:
         raise ValueError(
             f"tiles must be a (B, S, S, 3) uint8 RGB array, got shape {getattr(tiles, 'shape', None)}"
         )
     if tiles.dtype != np.uint8:
         raise ValueError(f"tiles must be uint8 RGB 0-255, got dtype {tiles.dtype}")
-    if tiles.shape[1] != imgsz or tiles.shape[2] != imgsz:
+    h, w = int(tiles.shape[1]), int(tiles.shape[2])
+    if size is not None and (h != size or w != size):
+        raise ValueError(f"tiles must be {size}x{size} (the model's input size), got {h}x{w}")
+    if h != w:
+        raise ValueError(f"tiles must be square, got {h}x{w}")
+    if h < 1 or h % STRIDE:
         raise ValueError(
-            f"tiles must be {imgsz}x{imgsz} (the model's imgsz), got {tiles.shape[1]}x{tiles.shape[2]}"
+            f"tile size must be a multiple of {STRIDE} (the model's stride), got {h}x{w}; "
+            f"use e.g. {max(STRIDE, h // STRIDE * STRIDE)} or {(h // STRIDE + 1) * STRIDE}"
         )
+    return h
 
 
-def to_input(tiles: np.ndarray, imgsz: int) -> np.ndarray:
-    """``(B, S, S, 3)`` uint8 RGB -> float32 ``(B, 3, S, S)`` in ``[0, 1]`` (checks the shape)."""
-    check_tiles(tiles, imgsz)
-    x = np.empty((tiles.shape[0], 3, imgsz, imgsz), dtype=np.float32)
+def to_input(tiles: np.ndarray, size: int | None = None) -> np.ndarray:
+    """``(B, S, S, 3)`` uint8 RGB -> float32 ``(B, 3, S, S)`` in ``[0, 1]`` (checks the shape, see
+    :func:`check_tiles`)."""
+    s = check_tiles(tiles, size)
+    x = np.empty((tiles.shape[0], 3, s, s), dtype=np.float32)
     np.multiply(tiles.transpose(0, 3, 1, 2), np.float32(1.0 / 255.0), out=x, casting="unsafe")
     return x
+
+
+def fixed_input_size(session: Any) -> int | None:
+    """The input side an ONNX session is fixed to, or ``None`` when height and width are dynamic."""
+    dims = list(session.get_inputs()[0].shape)[2:]
+    fixed = [int(d) for d in dims if isinstance(d, (int, np.integer)) and int(d) > 0]
+    return fixed[0] if len(fixed) == len(dims) == 2 and fixed[0] == fixed[1] else None
 
 
 class OnnxPredictor:
     """A model exported by :func:`detector.model.export_onnx`, run with onnxruntime.
 
-    Implements :class:`~detector.backends.base.Predictor`. Needs numpy and onnxruntime only.
+    Implements :class:`~detector.backends.base.Predictor`. Needs numpy and onnxruntime only. Tiles may be any
+    multiple of 32 px (``meta.imgsz`` is the model's default) unless the file fixes its input size
+    (``fixed_size``, files exported before dynamic sizes): such a file runs only tiles of that size.
 
     Args:
         path: the ``.onnx`` file (its metadata says everything else).
@@ -179,14 +204,18 @@ class OnnxPredictor:
         self.lut = class_lut(self.meta)
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
+        #: the input side the file is fixed to, ``None`` when any multiple of 32 runs
+        self.fixed_size = fixed_input_size(self.session)
+        self.min_size = min_tile(self.meta)
         if self.meta.normalization != "rgb/255":
             raise ValueError(f"{self.path}: unsupported normalization {self.meta.normalization!r}")
         log.info(
-            "loaded %s (%s, %s, imgsz %d) on %s",
+            "loaded %s (%s, %s, imgsz %d, %s) on %s",
             self.path.name,
             self.meta.name or "unnamed",
             self.meta.task,
             self.meta.imgsz,
+            "fixed input size" if self.fixed_size else "any tile size",
             self.session.get_providers()[0],
         )
 
@@ -194,11 +223,26 @@ class OnnxPredictor:
         """The raw network output for a normalised float32 ``(B, 3, S, S)`` batch."""
         return self.session.run([self.output_name], {self.input_name: x})[0]
 
+    def check_size(self, size: int) -> None:
+        """Raise ``ValueError`` unless this model runs ``size`` x ``size`` tiles (the message says how to fix)."""
+        if self.fixed_size is not None and size != self.fixed_size:
+            raise ValueError(
+                f"{self.path} has a fixed {self.fixed_size}x{self.fixed_size} input and cannot run "
+                f"{size}x{size} tiles: use tile {self.fixed_size}, or re-export the model from its .pt with "
+                f"`detector export MODEL.pt -o {self.path.name}` (any multiple of {STRIDE} then works)"
+            )
+        if size < self.min_size:
+            raise ValueError(
+                f"{self.path}: {size}x{size} tiles are too small for this end-to-end model, which returns "
+                f"{self.meta.extra.get('max_det')} rows per tile; use tiles of at least {self.min_size} px"
+            )
+
     def predict_batch(self, tiles: np.ndarray) -> list[Detections]:
         """``(B, S, S, 3)`` uint8 RGB tiles -> one :class:`Detections` per tile, in tile pixels."""
         if len(tiles) == 0:
             return []
-        out = self.run(to_input(tiles, self.meta.imgsz))
+        self.check_size(check_tiles(tiles))
+        out = self.run(to_input(tiles))
         return decode_batch(out, self.meta, self.lut, conf=self.conf, iou=self.iou, max_det=self.max_det)
 
     def __repr__(self) -> str:

@@ -1,7 +1,8 @@
 """The PyTorch backend (GPU path): :class:`TorchPredictor` runs an Ultralytics ``.pt`` checkpoint.
 
 The batch of tiles goes straight through the underlying ``nn.Module`` (no Ultralytics predictor, no
-letterboxing: tiles are already ``imgsz`` square), in half precision on CUDA, and is decoded on the device
+letterboxing: tiles are already square, any multiple of 32 px; ``meta.imgsz`` is only the default tile size
+the pipeline picks), in half precision on CUDA, and is decoded on the device
 with Ultralytics' own NMS operators (``torchvision.ops.nms`` for boxes, ``TorchNMS.fast_nms`` with
 ``batch_probiou`` for rotated boxes). Decoding rules are those of :mod:`detector.backends.onnx` (best raw
 class, ``score > conf``, classes outside the class map dropped, NMS on our class ids, ``max_det``), so both
@@ -37,7 +38,8 @@ class TorchPredictor:
         half: half precision; ``None`` means on CUDA only.
         end_to_end: use the NMS-free one-to-one head when the model has one (``None``: the checkpoint's
             stored choice, else off).
-        imgsz: run at this tile size instead of the checkpoint's training size (a multiple of 32).
+        imgsz: report this default tile size instead of the checkpoint's training size (a multiple of 32);
+            tiles of any multiple of 32 run either way.
     """
 
     def __init__(
@@ -100,7 +102,7 @@ class TorchPredictor:
 
         from detector.backends.onnx import check_tiles
 
-        check_tiles(tiles, self.meta.imgsz)
+        check_tiles(tiles)  # any multiple of 32: the network is fully convolutional, anchors follow the input
         x = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device, non_blocking=True)
         x = x.permute(0, 3, 1, 2).to(torch.float16 if self.half else torch.float32).div_(255.0)
         with torch.inference_mode():
