@@ -260,7 +260,9 @@ def test_config_errors(tmp_path: Path) -> None:
 
 def test_shipped_configs_parse() -> None:
     root = Path(__file__).resolve().parents[1] / "configs" / "data"
-    for name in ("cpu.yaml", "gpu-workstation.yaml"):
+    names = sorted(p.name for p in root.glob("*.yaml"))
+    assert {"cpu.yaml", "cpu-aerial.yaml", "cpu-aerial-obb.yaml", "gpu-workstation.yaml"} <= set(names)
+    for name in names:
         cfg = BuildConfig.from_yaml(root / name)
         paths = " ".join(str(s.dataset["path"]) for s in cfg.sources)
         # evaluation sets never feed a build
