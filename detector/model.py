@@ -329,9 +329,8 @@ def meta_from_checkpoint(
     extra.setdefault("architecture", str(getattr(model, "yaml", {}).get("yaml_file", "")))
     extra.setdefault("train_data", str(train_args.get("data", "")))
     extra.setdefault("ultralytics_version_trained", str(ckpt.get("version", "")))
-    if isinstance(
-        ckpt.get("wise"), Mapping
-    ):  # training/wise.py: a weight-space mix with the pretrained start
+    # training/wise.py: a weight-space mix with the pretrained start
+    if isinstance(ckpt.get("wise"), Mapping):
         extra.setdefault("wise", dict(ckpt["wise"]))
     try:
         return ModelMeta(

@@ -18,14 +18,13 @@ Run ``python -m training.wise FINETUNED.pt --start weights/pretrained/yolov8n-ob
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from detector.writers import WriteError, atomic_path
 from training.train import DOTA_CLASS_INDEX, build_model
 
 if TYPE_CHECKING:
@@ -94,6 +93,7 @@ def wise(
 
     Raises:
         FileNotFoundError: a checkpoint does not exist.
+        WriteError: ``out`` cannot be written (``out`` is left as it was).
         ValueError: ``alpha`` is out of range, or the start cannot be remapped to the fine-tuned architecture
             (message names both files).
     """
@@ -104,7 +104,7 @@ def wise(
     for p in (finetuned, start):
         if not p.is_file():
             raise FileNotFoundError(f"{p}: no such checkpoint")
-    ft_model, _ = load_checkpoint(finetuned)
+    ft_model, ckpt = load_checkpoint(finetuned)  # ckpt: the checkpoint dict, its other entries are kept
     task = "obb" if type(ft_model).__name__ == "OBBModel" else "detect"
     start_model, _ = build_model(
         start, task=task, class_index=class_index, names=list(ft_model.names.values())
@@ -113,21 +113,14 @@ def wise(
         state = interpolate_state(ft_model.state_dict(), start_model.state_dict(), alpha)
     except ValueError as e:
         raise ValueError(f"{finetuned} and {start} do not have the same architecture: {e}") from e
-    mixed = copy.deepcopy(ft_model).float()
-    mixed.load_state_dict(state)
+    ft_model.load_state_dict(state)  # fresh tensors: safe to load into the model they were mixed from
 
-    ckpt: dict[str, Any] = torch.load(finetuned, map_location="cpu", weights_only=False)
-    ckpt["model"] = mixed.half()
+    ckpt["model"] = ft_model.half()
     ckpt["ema"] = None
     ckpt["optimizer"] = None
     ckpt["wise"] = {"finetuned": str(finetuned), "start": str(start), "alpha": float(alpha)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
+    with atomic_path(out) as tmp:
         torch.save(ckpt, tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     logger.info("wrote %s = %.3g x %s + %.3g x %s", out, alpha, finetuned, 1 - alpha, start)
     return out
 
@@ -143,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         print(wise(args.finetuned, args.start, args.out, args.alpha))
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
