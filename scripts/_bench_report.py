@@ -8,7 +8,6 @@ import math
 import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,17 @@ def fmt_mb(x: float | None) -> str:
 
 def _ratio(a: float | None, b: float | None) -> str:
     return "-" if not a or not b else f"{a / b:.2f}x"
+
+
+def _speed_cells(mpix: float, ours: float, sahi: tuple[float, float] | None) -> list[str]:
+    """Section (a) cells: our seconds and MP/s, then, when SAHI ran, its default and thread-matched seconds
+    and MP/s and the two SAHI / ours ratios."""
+    cells = [fmt_s(ours), f"{mpix / ours:.2f}"]
+    if sahi is not None:
+        default, threads = sahi
+        cells += [fmt_s(default), f"{mpix / default:.2f}", fmt_s(threads), f"{mpix / threads:.2f}"]
+        cells += [_ratio(default, ours), _ratio(threads, ours)]
+    return cells
 
 
 def _ap(x: float | None) -> str:
@@ -198,24 +208,11 @@ def render(s: Any, r: dict[str, Any]) -> str:
                 continue
             o = row["ours"]
             name = f"**{sc.name}**" if sc.headline else sc.name
-            cells = [
-                name,
-                f"{sc.width}x{sc.height} ({sc.mpix:.2f})",
-                str(o["tiles"]),
-                fmt_s(o["median"]),
-                f"{sc.mpix / o['median']:.2f}",
-            ]
-            if has_sahi:
-                sd, st = row["sahi"], row["sahi_threads"]
-                cells += [
-                    fmt_s(sd["median"]),
-                    f"{sc.mpix / sd['median']:.2f}",
-                    fmt_s(st["median"]),
-                    f"{sc.mpix / st['median']:.2f}",
-                    _ratio(sd["median"], o["median"]),
-                    _ratio(st["median"], o["median"]),
-                ]
-            rows.append(cells)
+            sahi = (row["sahi"]["median"], row["sahi_threads"]["median"]) if has_sahi else None
+            rows.append(
+                [name, f"{sc.width}x{sc.height} ({sc.mpix:.2f})", str(o["tiles"])]
+                + _speed_cells(sc.mpix, o["median"], sahi)
+            )
             if not sc.headline:
                 tot["mp"] += sc.mpix
                 tot["ours"] += o["median"]
@@ -223,23 +220,11 @@ def render(s: Any, r: dict[str, Any]) -> str:
                     tot["sahi"] += row["sahi"]["median"]
                     tot["sahi_threads"] += row["sahi_threads"]["median"]
         if sum(1 for sc in scenes if not sc.headline and sc.name in a) > 1:
-            cells = [
-                f"total of the {EVAL_SET} scenes",
-                f"{tot['mp']:.2f}",
-                "",
-                fmt_s(tot["ours"]),
-                f"{tot['mp'] / tot['ours']:.2f}",
-            ]
-            if has_sahi:
-                cells += [
-                    fmt_s(tot["sahi"]),
-                    f"{tot['mp'] / tot['sahi']:.2f}",
-                    fmt_s(tot["sahi_threads"]),
-                    f"{tot['mp'] / tot['sahi_threads']:.2f}",
-                    _ratio(tot["sahi"], tot["ours"]),
-                    _ratio(tot["sahi_threads"], tot["ours"]),
-                ]
-            rows.append(cells)
+            sahi = (tot["sahi"], tot["sahi_threads"]) if has_sahi else None
+            rows.append(
+                [f"total of the {EVAL_SET} scenes", f"{tot['mp']:.2f}", ""]
+                + _speed_cells(tot["mp"], tot["ours"], sahi)
+            )
         L += [_table(head, rows), ""]
         L += [
             "Peak resident memory (MB, fresh process per side and scene) and detections at the operating threshold:",
@@ -502,18 +487,3 @@ def targets(s: Any, r: dict[str, Any]) -> list[str]:
     if s.quick:
         out.append("Quick run: none of these verdicts counts; run `make bench` on an idle machine.")
     return out
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the report is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

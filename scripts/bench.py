@@ -51,8 +51,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: the repository's package first
     sys.path.insert(0, str(ROOT))
 
-from _bench_report import fmt_mb, fmt_s, machine_info, render, write_atomic  # noqa: E402
+from _bench_report import fmt_mb, fmt_s, machine_info, render  # noqa: E402
 from _bench_scenes import BenchScene, build_mosaic, texture_sources, write_textured_geotiff  # noqa: E402
+
+from detector.writers import atomic_path  # noqa: E402
 
 WORKER = Path(__file__).resolve().with_name("_bench_worker.py")
 DEFAULT_ONNX = ROOT / "weights" / "pretrained" / "yolov8n-obb.onnx"
@@ -586,8 +588,8 @@ def main(argv: list[str] | None = None) -> int:
     r["load_after"] = os.getloadavg()[0]
     r["took_s"] = time.perf_counter() - t_start
     r["_scenes"] = scenes
-    text = render(s, r)
-    write_atomic(s.out, text)
+    with atomic_path(s.out) as tmp:
+        tmp.write_text(render(s, r))
     raw = {k: v for k, v in r.items() if k != "_scenes"}
     raw["scenes"] = [
         {
@@ -601,7 +603,8 @@ def main(argv: list[str] | None = None) -> int:
         for x in scenes
     ]
     raw["settings"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(s).items() if k != "results"}
-    write_atomic(s.json_out, json.dumps(raw, indent=1, default=str))
+    with atomic_path(s.json_out) as tmp:
+        tmp.write_text(json.dumps(raw, indent=1, default=str))
     log(f"wrote {s.out} and {s.json_out} in {r['took_s'] / 60:.1f} min")
     return 0
 
