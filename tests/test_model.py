@@ -30,33 +30,30 @@ DOTA_NAMES = (
 ).split()
 
 
-@pytest.fixture(scope="module")
-def exported(pretrained_pt: Path, tmp_path_factory) -> Path:
+def _export(pt: Path, out: Path, **kwargs) -> Path:
+    """``export_onnx`` with torch on at most two threads (restored afterwards)."""
     torch = pytest.importorskip("torch")
     from detector.model import export_onnx
 
     old = torch.get_num_threads()
     torch.set_num_threads(min(2, old))
     try:
-        out = tmp_path_factory.mktemp("export") / "sub" / "m.onnx"
-        return export_onnx(pretrained_pt, out, imgsz=SMALL, name="v8-obb-test", gsd=0.3)
+        return export_onnx(pt, out, **kwargs)
     finally:
         torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def exported(pretrained_pt: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("export") / "sub" / "m.onnx"
+    return _export(pretrained_pt, out, imgsz=SMALL, name="v8-obb-test", gsd=0.3)
 
 
 @pytest.fixture(scope="module")
 def exported_fixed(pretrained_pt: Path, tmp_path_factory) -> Path:
     """A fixed-size export, as every file made before dynamic tile sizes (input 160 x 160 only)."""
-    torch = pytest.importorskip("torch")
-    from detector.model import export_onnx
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(min(2, old))
-    try:
-        out = tmp_path_factory.mktemp("export") / "fixed.onnx"
-        return export_onnx(pretrained_pt, out, imgsz=FIXED, name="v8-obb-fixed", dynamic=False)
-    finally:
-        torch.set_num_threads(old)
+    out = tmp_path_factory.mktemp("export") / "fixed.onnx"
+    return _export(pretrained_pt, out, imgsz=FIXED, name="v8-obb-fixed", dynamic=False)
 
 
 def _rewrite_meta(src: Path, dst: Path, **changes) -> Path:
