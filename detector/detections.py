@@ -15,6 +15,9 @@ Data contract (read this once, it holds everywhere in the package):
   georeferencing) and the affine pixel -> CRS transform of the full-resolution scene (``None`` when the image
   has no georeferencing: then outputs are in pixel coordinates, and writers say so).
 * ``gsd``: ground sample distance of the scene in metres per pixel, or ``None`` when unknown.
+* ``data``: optional per-detection columns (name -> numpy array of length ``N``), sliced and concatenated
+  with the boxes (supervision's ``Detections.data``): e.g. ``length_m``, ``span_m``, ``runner_up_class``.
+* ``meta``: per-scene facts (scene size, tiling, model), not per detection.
 
 The class is a container: it validates itself, supports ``len``, boolean / integer-array / slice
 indexing and :meth:`concatenate`. Conversions (from ONNX outputs, from Ultralytics results, to files) live
@@ -44,6 +47,7 @@ class Detections:
     gsd: float | None = None
     source: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         xyxy = np.asarray(self.xyxy, dtype=np.float64).reshape(-1, 4)
@@ -63,6 +67,13 @@ class Detections:
             if len(xywhr) != n:
                 raise ValueError(f"Detections.xywhr has {len(xywhr)} rows, expected {n}")
             object.__setattr__(self, "xywhr", xywhr)
+        columns = {}
+        for key, values in dict(self.data).items():
+            col = np.asarray(values)
+            if col.ndim == 0 or len(col) != n:
+                raise ValueError(f"Detections.data[{key!r}] has {col.shape[:1] or 'no'} rows, expected {n}")
+            columns[str(key)] = col
+        object.__setattr__(self, "data", columns)
         if n and (class_ids.min() < 0 or class_ids.max() >= len(self.class_names)):
             raise ValueError(
                 f"class_ids must index class_names ({len(self.class_names)} names), "
@@ -74,6 +85,30 @@ class Detections:
     def __len__(self) -> int:
         return len(self.scores)
 
+    def __repr__(self) -> str:
+        counts = ", ".join(
+            f"{name}={int((self.class_ids == i).sum())}"
+            for i, name in enumerate(self.class_names)
+            if (self.class_ids == i).any()
+        )
+        parts = [f"n={len(self)}", "rotated" if self.is_rotated else "axis-aligned"]
+        if counts:
+            parts.append(counts)
+        if self.source:
+            parts.append(f"source={self.source!r}")
+        if self.crs is not None:
+            parts.append(f"crs={self.crs}")
+        if self.gsd is not None:
+            parts.append(f"gsd={self.gsd:.3g} m")
+        if self.data:
+            parts.append(f"data={sorted(self.data)}")
+        return f"Detections({', '.join(parts)})"
+
+    @property
+    def class_name(self) -> np.ndarray:
+        """The class name of every detection, ``(N,)`` array of ``str``."""
+        return np.asarray(self.class_names, dtype=object)[self.class_ids].astype(str)
+
     def __getitem__(self, index: Any) -> Detections:
         if isinstance(index, (int, np.integer)):
             index = [int(index)]
@@ -83,6 +118,7 @@ class Detections:
             scores=self.scores[index],
             class_ids=self.class_ids[index],
             xywhr=None if self.xywhr is None else self.xywhr[index],
+            data={k: v[index] for k, v in self.data.items()},
         )
 
     @property
@@ -115,10 +151,15 @@ class Detections:
                 )
             if p.is_rotated != first.is_rotated:
                 raise ValueError("cannot concatenate rotated and axis-aligned detections")
+            if set(p.data) != set(first.data):
+                raise ValueError(
+                    f"cannot concatenate data columns {sorted(p.data)} with {sorted(first.data)}"
+                )
         return replace(
             first,
             xyxy=np.concatenate([p.xyxy for p in parts]),
             scores=np.concatenate([p.scores for p in parts]),
             class_ids=np.concatenate([p.class_ids for p in parts]),
             xywhr=np.concatenate([p.xywhr for p in parts]) if first.is_rotated else None,  # type: ignore[misc]
+            data={k: np.concatenate([p.data[k] for p in parts]) for k in first.data},
         )

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from detector.errors import ModelError  # noqa: F401  (re-exported)
 from detector.backends.base import META_KEY, TAXONOMY, ModelMeta, Predictor
 
 log = logging.getLogger(__name__)
@@ -74,8 +75,6 @@ DEFAULT_ATOL = 1e-3
 _ROOT = Path(__file__).resolve().parents[1]
 
 
-class ModelError(Exception):
-    """A model file is missing, is not a model, lacks our metadata, or does not match its metadata."""
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import MemoryFile
 from rasterio.windows import Window
+from detector.errors import RasterError  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +43,6 @@ STRIPED_WARN_PIXELS = 8192 * 8192
 _ARRAY_NAME = "<array>"
 
 
-class RasterError(Exception):
-    """A raster that cannot be used: the message names the file and the problem."""
 
 
 @dataclass(frozen=True)

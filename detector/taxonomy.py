@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from detector.errors import TaxonomyError  # noqa: F401  (re-exported)
 from detector.backends.base import TAXONOMY
 
 logger = logging.getLogger(__name__)
@@ -24,8 +25,6 @@ IGNORE = "ignore"
 DEFAULT_TAXONOMY_PATH = Path(__file__).resolve().parents[1] / "configs" / "taxonomy.yaml"
 
 
-class TaxonomyError(ValueError):
-    """A taxonomy file is malformed, or a class / dataset is missing from it (names the file to edit)."""
 
 
 def normalize_class(name: str) -> str:

@@ -43,7 +43,23 @@ import numpy as np
 
 from detector.backends.base import TAXONOMY
 from detector.detections import Detections
+from detector.errors import WriteError  # noqa: F401  (re-exported)
 from detector.geometry import corners
+from detector.georef import (  # noqa: F401  (re-exported for older callers)
+    SQUARE_TOLERANCE,
+    crs_name,
+    footprints,
+    headings,
+)
+from detector.georef import (
+    ccw as _ccw,
+)
+from detector.georef import (
+    side_lengths as _side_lengths,
+)
+from detector.georef import (
+    to_lonlat as _to_lonlat,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +67,6 @@ logger = logging.getLogger(__name__)
 FORMATS: dict[str, str] = {"geojson": ".geojson", "gpkg": ".gpkg", "csv": ".csv", "coco": ".coco.json"}
 #: Layer name inside GeoPackage outputs.
 GPKG_LAYER = "detections"
-#: A rotated box whose sides differ by less than this fraction has no meaningful long-side heading.
-SQUARE_TOLERANCE = 0.05
 #: Longest side of a quicklook image in pixels.
 QUICKLOOK_MAX_SIZE = 2048
 #: Outline colour per class of our taxonomy (RGB); other names cycle through ``_EXTRA_COLOURS``.
@@ -69,95 +83,9 @@ PIXEL_COORDINATES = (
 )
 
 
-class WriteError(Exception):
-    """An output file cannot be written: the message names the path and the reason."""
-
-
 # ----------------------------------------------------------------------------------------------------------
 # geometry and attributes shared by the writers
 # ----------------------------------------------------------------------------------------------------------
-
-
-def footprints(dets: Detections) -> np.ndarray:
-    """Footprint corners ``(N, 4, 2)`` in the scene CRS, or in scene pixels when ``dets.crs`` is ``None``."""
-    pts = corners(dets)
-    if dets.crs is None or dets.transform is None:
-        return pts
-    return _apply_affine(dets.transform, pts)
-
-
-def _apply_affine(transform: Any, pts: np.ndarray) -> np.ndarray:
-    a, b, c, d, e, f = (float(v) for v in tuple(transform)[:6])
-    x, y = pts[..., 0], pts[..., 1]
-    return np.stack([a * x + b * y + c, d * x + e * y + f], axis=-1)
-
-
-def _to_lonlat(crs: Any, pts: np.ndarray) -> np.ndarray:
-    """Points ``(..., 2)`` in ``crs`` -> longitude/latitude on EPSG:4326 (always lon first)."""
-    from rasterio.crs import CRS
-    from rasterio.warp import transform as warp_transform
-
-    shape = pts.shape
-    flat = pts.reshape(-1, 2)
-    if len(flat) == 0:
-        return pts.copy()
-    lon, lat = warp_transform(crs, CRS.from_epsg(4326), flat[:, 0].tolist(), flat[:, 1].tolist())
-    out = np.stack([np.asarray(lon, np.float64), np.asarray(lat, np.float64)], axis=-1).reshape(shape)
-    if not np.isfinite(out).all():
-        raise ValueError(
-            f"some footprints cannot be reprojected from {crs} to EPSG:4326 (outside its area of use?)"
-        )
-    return out
-
-
-def _ccw(rings: np.ndarray) -> np.ndarray:
-    """Orient 4-corner rings ``(N, 4, 2)`` counter-clockwise (positive shoelace area in the given axes)."""
-    if len(rings) == 0:
-        return rings
-    x, y = rings[..., 0], rings[..., 1]
-    area2 = (x * np.roll(y, -1, axis=1) - np.roll(x, -1, axis=1) * y).sum(axis=1)
-    return np.where((area2 < 0)[:, None, None], rings[:, ::-1], rings)
-
-
-def _side_lengths(dets: Detections) -> tuple[np.ndarray, np.ndarray]:
-    """Long and short side of every footprint in pixels."""
-    if dets.xywhr is not None:
-        w, h = dets.xywhr[:, 2], dets.xywhr[:, 3]
-    else:
-        w, h = dets.xyxy[:, 2] - dets.xyxy[:, 0], dets.xyxy[:, 3] - dets.xyxy[:, 1]
-    return np.maximum(w, h), np.minimum(w, h)
-
-
-def headings(dets: Detections) -> np.ndarray:
-    """Azimuth of each footprint's long side in degrees ``[0, 180)`` clockwise from grid north.
-
-    Grid north is the ``+y`` axis of the scene CRS (the pixel vector goes through the linear part of the
-    affine transform, so rotated and flipped rasters are handled; for geographic CRSs the easting is scaled by
-    the cosine of the latitude). Without georeferencing the angle is measured from image up. ``nan`` for
-    axis-aligned boxes and for rotated boxes whose sides differ by less than :data:`SQUARE_TOLERANCE`.
-    """
-    n = len(dets)
-    out = np.full(n, np.nan)
-    if dets.xywhr is None or n == 0:
-        return out
-    w, h, r = dets.xywhr[:, 2], dets.xywhr[:, 3], dets.xywhr[:, 4]
-    # Ultralytics convention: the w side runs along (cos r, sin r) in pixels (y down)
-    vx = np.where(w >= h, np.cos(r), -np.sin(r))
-    vy = np.where(w >= h, np.sin(r), np.cos(r))
-    if dets.crs is not None and dets.transform is not None:
-        a, b, _, d, e, _ = (float(v) for v in tuple(dets.transform)[:6])
-        east, north = a * vx + b * vy, d * vx + e * vy
-        if getattr(dets.crs, "is_geographic", False):
-            lat = _apply_affine(dets.transform, dets.xywhr[:, :2])[:, 1]
-            east = east * np.cos(np.radians(np.clip(lat, -89.9, 89.9)))
-    else:
-        east, north = vx, -vy
-    az = np.degrees(np.arctan2(east, north)) % 180.0
-    az = np.where(np.isclose(az, 180.0), 0.0, az)
-    long_side = np.maximum(w, h)
-    square = (long_side - np.minimum(w, h)) < SQUARE_TOLERANCE * np.maximum(long_side, 1e-12)
-    out[:] = np.where(square, np.nan, az)
-    return out
 
 
 def source_name(dets: Detections) -> str:
@@ -192,14 +120,6 @@ def attribute_table(dets: Detections) -> dict[str, list[Any]]:
         "px_xmax": box[:, 2].tolist(),
         "px_ymax": box[:, 3].tolist(),
     }
-
-
-def crs_name(crs: Any) -> str:
-    """``"EPSG:32633"`` when the CRS has an EPSG code, else its WKT; ``""`` for ``None``."""
-    if crs is None:
-        return ""
-    epsg = crs.to_epsg()
-    return f"EPSG:{epsg}" if epsg else crs.to_wkt()
 
 
 def _decimals(geographic: bool, pixels: bool) -> int:

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from detector.errors import BuildError  # noqa: F401  (re-exported)
 from detector.backends.base import TAXONOMY
 from detector.labels import LabeledImage, LabelError, read_dataset, roboflow_stem
 from detector.taxonomy import IGNORE, load_taxonomy
@@ -51,8 +52,6 @@ logger = logging.getLogger(__name__)
 SPLITS = ("train", "val")
 
 
-class BuildError(ValueError):
-    """The build config is invalid or the data breaks a rule (leakage with ``leakage: error``); names the file."""
 
 
 @dataclass

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from detector.errors import LabelError  # noqa: F401  (re-exported)
 from detector.taxonomy import Taxonomy
 
 logger = logging.getLogger(__name__)
@@ -38,8 +39,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 _ROBOFLOW = re.compile(r"_(jpe?g|png|tiff?|bmp|webp)\.rf\.[0-9a-f]+$", re.IGNORECASE)
 
 
-class LabelError(ValueError):
-    """A label file or line cannot be read; the message names the file (and the line, when there is one)."""
 
 
 @dataclass
