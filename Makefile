@@ -17,7 +17,7 @@ PRETRAINED := weights/pretrained
 MODEL_IMGSZ ?= 640
 WISE_ALPHA ?= 0.9
 
-.PHONY: setup venv weights test test-all lint bench demo eval model clean
+.PHONY: setup venv weights test test-all wheel-test lint bench demo eval model clean
 
 setup: $(VENV)/.installed weights
 
@@ -50,6 +50,11 @@ test: setup
 
 test-all: setup
 	$(VENV)/bin/pytest -q -m ''
+
+# The CPU deployment as users get it: build the wheel, install it into a fresh venv without extras, predict
+# on a real image with the default model it carries (scripts/wheel_check.sh).
+wheel-test: setup
+	SHARED_DATA=$(SHARED_DATA) PYTHON=$(PYTHON) scripts/wheel_check.sh
 
 lint: setup
 	$(VENV)/bin/ruff check detector training tests scripts
