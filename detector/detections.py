@@ -21,7 +21,8 @@ Data contract (read this once, it holds everywhere in the package):
 
 The class is a container: it validates itself, supports ``len``, boolean / integer-array / slice
 indexing and :meth:`concatenate`. Conversions (from ONNX outputs, from Ultralytics results, to files) live
-beside the backends and writers, not here.
+beside the backends and writers, not here; :meth:`to_geojson` and :meth:`to_geodataframe` are one-line
+doors into :mod:`detector.writers`, imported when called.
 """
 
 from __future__ import annotations
@@ -71,7 +72,9 @@ class Detections:
         for key, values in dict(self.data).items():
             col = np.asarray(values)
             if col.ndim == 0 or len(col) != n:
-                raise ValueError(f"Detections.data[{key!r}] has {col.shape[:1] or 'no'} rows, expected {n}")
+                raise ValueError(
+                    f"Detections.data[{key!r}] has {col.shape[0] if col.ndim else 'no'} rows, expected {n}"
+                )
             columns[str(key)] = col
         object.__setattr__(self, "data", columns)
         if n and (class_ids.min() < 0 or class_ids.max() >= len(self.class_names)):
@@ -97,7 +100,7 @@ class Detections:
         if self.source:
             parts.append(f"source={self.source!r}")
         if self.crs is not None:
-            parts.append(f"crs={self.crs}")
+            parts.append(f"crs={_short_crs(self.crs)}")
         if self.gsd is not None:
             parts.append(f"gsd={self.gsd:.3g} m")
         if self.data:
@@ -120,6 +123,28 @@ class Detections:
             xywhr=None if self.xywhr is None else self.xywhr[index],
             data={k: v[index] for k, v in self.data.items()},
         )
+
+    def to_geojson(self, *, keep_crs: bool = False) -> dict[str, Any]:
+        """A GeoJSON ``FeatureCollection`` dict, the same as the GeoJSON writer writes
+        (:func:`detector.writers.to_geojson`: RFC 7946 lon/lat unless ``keep_crs``; image pixels, marked,
+        for an image without georeferencing)."""
+        from detector.writers import to_geojson
+
+        return to_geojson(self, keep_crs=keep_crs)
+
+    def to_geodataframe(self) -> Any:
+        """A ``geopandas.GeoDataFrame``, one row per detection (needs the ``geo`` extra).
+
+        Columns ``class``, ``class_id``, ``score``, ``length_m``, ``width_m``, ``heading_deg``, ``source``,
+        ``px_xmin .. px_ymax``, every ``data`` column, and the footprint ``geometry`` in the scene CRS (no CRS,
+        image pixels, without georeferencing). See :func:`detector.writers.to_geodataframe`.
+
+        Raises:
+            ImportError: geopandas is not installed (the message names the ``geo`` extra).
+        """
+        from detector.writers import to_geodataframe
+
+        return to_geodataframe(self)
 
     @property
     def is_rotated(self) -> bool:
@@ -163,3 +188,12 @@ class Detections:
             xywhr=np.concatenate([p.xywhr for p in parts]) if first.is_rotated else None,  # type: ignore[misc]
             data={k: np.concatenate([p.data[k] for p in parts]) for k in first.data},
         )
+
+
+def _short_crs(crs: Any) -> str:
+    """``EPSG:n`` when the CRS has a code, else the start of its text (a repr stays one short line)."""
+    epsg = crs.to_epsg() if hasattr(crs, "to_epsg") else None
+    if epsg:
+        return f"EPSG:{epsg}"
+    text = " ".join(str(crs).split())
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -25,6 +25,10 @@ class WriteError(DetectorIOError):
     """An output file cannot be written: the message names the path and the reason."""
 
 
+class OutputExistsError(WriteError, FileExistsError):
+    """An output file exists and overwriting was not asked for (``--overwrite``): the message names it."""
+
+
 class ModelError(DetectorError):
     """A model file cannot be used: missing, corrupt, unsafe, or its metadata does not match its outputs."""
 
@@ -53,6 +57,11 @@ class CommandError(DetectorError):
     """A failure of a command that is not a usage error (printed as one ``error:`` line, exit status 1)."""
 
 
+class ResolutionError(DetectorError):
+    """A scene's ground sample distance is far outside the range the model was trained for (refused unless
+    forced): the message names the scene, its GSD and the model's range."""
+
+
 __all__ = [
     "BuildError",
     "ChangeError",
@@ -62,7 +71,9 @@ __all__ = [
     "DetectorIOError",
     "LabelError",
     "ModelError",
+    "OutputExistsError",
     "RasterError",
+    "ResolutionError",
     "TaxonomyError",
     "WriteError",
 ]

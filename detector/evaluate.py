@@ -67,9 +67,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from detector.backends.base import TAXONOMY
 from detector.detections import Detections
+from detector.errors import ConfigError
 from detector.geometry import box_iou_xyxy, corners_to_xyxy, polygon_overlaps, xywhr_to_corners
+from detector.resources import config_path
+from detector.taxonomy import IGNORE
 
 if TYPE_CHECKING:
     from detector.labels import LabeledImage
@@ -92,7 +94,7 @@ IOU_TYPES = ("aabb", "rotated")
 #: Keys of an eval set in ``configs/eval.yaml`` that are not ``read_dataset`` spec keys.
 _EVAL_KEYS = ("classes", "iou_type", "description")
 #: ``configs/eval.yaml`` of a source checkout.
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "eval.yaml"
+DEFAULT_CONFIG = config_path("eval.yaml")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -358,8 +360,8 @@ def evaluate_detections(
             (``"ignore"``, or a class outside ``classes``) are dropped.
         predictions: one :class:`Detections` per image, in the image's pixels, in the same order. Detections of
             classes outside ``classes`` are dropped.
-        classes: the classes to evaluate (those the eval set labels exhaustively); default: our taxonomy
-            classes that occur in the labels.
+        classes: the classes to evaluate (those the eval set labels exhaustively); default: the classes that
+            occur in the labels, in the order of the predictions' class names (the model's ``meta.names``).
         iou_type: ``"aabb"`` or ``"rotated"`` (see the module docstring).
         conf: operating threshold for precision / recall.
         name: the eval set's name, kept in the result.
@@ -368,19 +370,22 @@ def evaluate_detections(
         An :class:`EvalResult` with a :class:`ClassResult` for every evaluated class with regular ground truth.
 
     Raises:
-        ValueError: ``iou_type`` is unknown, ``images`` and ``predictions`` differ in length, or a class is not
-            one of ours.
+        ValueError: ``iou_type`` is unknown, ``images`` and ``predictions`` differ in length, or a class is
+            neither one of the predictions' class names nor in the labels.
     """
     if iou_type not in IOU_TYPES:
         raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
     if len(images) != len(predictions):
         raise ValueError(f"got {len(images)} images but {len(predictions)} prediction sets")
+    model_names = tuple(dict.fromkeys(n for d in predictions for n in d.class_names))
+    present = {a.cls for im in images for a in im.annotations} - {IGNORE}
     if classes is None:
-        present = {a.cls for im in images for a in im.annotations}
-        classes = [c for c in TAXONOMY if c in present]
-    unknown = [c for c in classes if c not in TAXONOMY]
+        classes = [c for c in model_names if c in present] + sorted(present - set(model_names))
+    unknown = [c for c in classes if c not in model_names and c not in present]
     if unknown:
-        raise ValueError(f"classes {unknown!r} are not in our taxonomy {TAXONOMY}")
+        raise ValueError(
+            f"classes {unknown!r} are neither classes of the model {list(model_names)} nor in the labels"
+        )
 
     sizes = list(SIZE_RANGES)
     n_thr = len(IOU_THRESHOLDS)
@@ -500,7 +505,7 @@ def evaluate(
         images: labelled images, e.g. from :func:`detector.labels.read_dataset`.
         tile: tiling of the predictions (``None``: the model's defaults).
         iou_type: ``"aabb"`` or ``"rotated"``.
-        classes: classes to evaluate (default: our classes present in the labels).
+        classes: classes to evaluate (default: the classes present in the labels).
         conf: operating threshold for precision / recall.
         name: the eval set's name.
         progress: called with ``(images done, images total)`` after each image.
@@ -707,16 +712,44 @@ def load_eval_config(path: str | Path | None = None) -> dict[str, Any]:
     """Read ``configs/eval.yaml`` (or ``path``): defaults and the eval sets.
 
     Raises:
-        ValueError: the file is missing or has no ``sets`` mapping (the message names the file).
+        ConfigError: the file is missing, is not YAML, is not a mapping, has no ``sets`` mapping, or a set is
+            not a mapping (the message names the file).
     """
     import yaml
 
     p = Path(path) if path is not None else DEFAULT_CONFIG
     if not p.is_file():
-        raise ValueError(f"eval config {p} not found")
-    cfg = yaml.safe_load(p.read_text()) or {}
-    if not isinstance(cfg.get("sets"), dict) or not cfg["sets"]:
-        raise ValueError(f"{p}: expected a `sets:` mapping of eval set name -> dataset spec")
+        raise ConfigError(f"eval config {p} not found")
+    try:
+        cfg = yaml.safe_load(p.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"{p}: cannot read the eval config ({e})") from e
+    if not isinstance(cfg, dict):
+        raise ConfigError(
+            f"{p}: an eval config must be a YAML mapping with a `sets:` key, got {type(cfg).__name__}"
+        )
+    sets = cfg.get("sets")
+    if not isinstance(sets, dict) or not sets:
+        raise ConfigError(f"{p}: expected a `sets:` mapping of eval set name -> dataset spec")
+    bad = [name for name, spec in sets.items() if not isinstance(spec, dict)]
+    if bad:
+        raise ConfigError(
+            f"{p}: eval set {bad[0]!r} must be a mapping (a dataset spec), got {sets[bad[0]]!r}"
+        )
+    for key in ("conf", "conf_eval", "overlap"):
+        value = cfg.get(key, 0.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ConfigError(f"{p}: `{key}` must be a number in [0, 1], got {value!r}")
+    if not isinstance(cfg.get("data_root", ""), str):
+        raise ConfigError(f"{p}: `data_root` must be a folder name, got {cfg['data_root']!r}")
+    for where, section in [("", cfg), *((f"eval set {n!r}: ", spec) for n, spec in sets.items())]:
+        if section.get("iou_type", "aabb") not in IOU_TYPES:
+            raise ConfigError(
+                f"{p}: {where}`iou_type` must be one of {IOU_TYPES}, got {section['iou_type']!r}"
+            )
+        classes = section.get("classes", [])
+        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+            raise ConfigError(f"{p}: {where}`classes` must be a list of class names, got {classes!r}")
     return cfg
 
 
@@ -735,17 +768,20 @@ def load_eval_set(
         ``(images, spec)``: the labelled images and the set's spec (with ``classes``, ``iou_type`` ...).
 
     Raises:
-        ValueError: the set is not in the config, or its folder does not exist under ``data_root``.
+        ConfigError: the set is not in the config, or its folder does not exist under ``data_root``.
+        LabelError: from the label reader (naming the file and line).
     """
     from detector.labels import read_dataset
 
     cfg = config if config is not None else load_eval_config()
     if name not in cfg["sets"]:
-        raise ValueError(f"eval set {name!r} is not in the eval config; known sets: {', '.join(cfg['sets'])}")
+        raise ConfigError(
+            f"eval set {name!r} is not in the eval config; known sets: {', '.join(cfg['sets'])}"
+        )
     spec = dict(cfg["sets"][name])
     target = Path(data_root) / str(spec.get("path", ""))
     if not target.exists():
-        raise ValueError(
+        raise ConfigError(
             f"eval set {name!r}: {target} not found (set the data root, e.g. --data ../shared/data)"
         )
     ds_spec = {k: v for k, v in spec.items() if k not in _EVAL_KEYS}
@@ -769,6 +805,7 @@ def run(
     iou_type: str | None = None,
     device: str = "cpu",
     threads: int | None = None,
+    runtime: str = "onnxruntime",
     config: str | Path | None = None,
     command: str | None = None,
     progress: Callable[[str, int, int], None] | None = None,
@@ -790,6 +827,7 @@ def run(
         iou_type: ``"aabb"`` or ``"rotated"`` (default: per set, from the config).
         device: ``"cpu"`` or ``"cuda"``.
         threads: CPU threads of the model (default: the backend's).
+        runtime: what runs ``.onnx`` models: ``"onnxruntime"`` or ``"openvino"``.
         config: the eval config (default ``configs/eval.yaml``).
         command: the command line to record in the reports (default: this process's ``sys.argv``).
         progress: called with ``(label, images done, images total)``.
@@ -822,7 +860,7 @@ def run(
     data = {n: load_eval_set(n, data_root, config=cfg, limit=limit) for n in set_names}
     runs: list[tuple[str, list[EvalResult]]] = []
     for w in weights:
-        det = Detector.load(w, device=device, conf=min(conf_eval, conf), threads=threads)
+        det = Detector.load(w, device=device, conf=min(conf_eval, conf), threads=threads, runtime=runtime)
         label = det.meta.name or (Path(w).stem if w is not None else "default")
         while label in {lbl for lbl, _ in runs}:
             label += "'"

@@ -8,6 +8,7 @@ writes files.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ def footprints(dets: Detections) -> np.ndarray:
 
 
 def apply_affine(transform: Any, pts: np.ndarray) -> np.ndarray:
+    """Points ``(..., 2)`` through an affine ``transform`` (``affine.Affine`` or its 6 coefficients)."""
     a, b, c, d, e, f = (float(v) for v in tuple(transform)[:6])
     x, y = pts[..., 0], pts[..., 1]
     return np.stack([a * x + b * y + c, d * x + e * y + f], axis=-1)
@@ -36,19 +38,54 @@ def apply_affine(transform: Any, pts: np.ndarray) -> np.ndarray:
 def to_lonlat(crs: Any, pts: np.ndarray) -> np.ndarray:
     """Points ``(..., 2)`` in ``crs`` -> longitude/latitude on EPSG:4326 (always lon first)."""
     from rasterio.crs import CRS
+
+    return reproject(pts, crs, CRS.from_epsg(4326))
+
+
+def reproject(pts: np.ndarray, src_crs: Any, dst_crs: Any) -> np.ndarray:
+    """Points ``(..., 2)`` from ``src_crs`` to ``dst_crs`` (x/easting/longitude first on both sides).
+
+    Raises:
+        ValueError: some points do not transform (outside the target's area of use).
+    """
     from rasterio.warp import transform as warp_transform
 
+    if src_crs == dst_crs:
+        return np.array(pts, dtype=np.float64)
     shape = pts.shape
     flat = pts.reshape(-1, 2)
     if len(flat) == 0:
-        return pts.copy()
-    lon, lat = warp_transform(crs, CRS.from_epsg(4326), flat[:, 0].tolist(), flat[:, 1].tolist())
-    out = np.stack([np.asarray(lon, np.float64), np.asarray(lat, np.float64)], axis=-1).reshape(shape)
+        return np.array(pts, dtype=np.float64)
+    x, y = warp_transform(src_crs, dst_crs, flat[:, 0].tolist(), flat[:, 1].tolist())
+    out = np.stack([np.asarray(x, np.float64), np.asarray(y, np.float64)], axis=-1).reshape(shape)
     if not np.isfinite(out).all():
         raise ValueError(
-            f"some footprints cannot be reprojected from {crs} to EPSG:4326 (outside its area of use?)"
+            f"some footprints cannot be reprojected from {crs_name(src_crs)} to {crs_name(dst_crs)} "
+            "(outside its area of use?)"
         )
     return out
+
+
+def valid_gsd(gsd: Any) -> float | None:
+    """``gsd`` as a float when it is a finite positive number of metres per pixel, else ``None``.
+
+    ``--gsd inf``, ``nan``, ``0`` or a negative value carry no usable scale: lengths in metres are unknown.
+    """
+    if gsd is None:
+        return None
+    try:
+        value = float(gsd)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def scene_footprint(transform: Any, width: int, height: int) -> np.ndarray:
+    """The 4 corners ``(4, 2)`` of a whole ``width`` x ``height`` px raster, in its CRS (through ``transform``)
+    or in pixels when ``transform`` is ``None``; counter-clockwise in the output axes, not closed."""
+    px = np.array([[0.0, 0.0], [width, 0.0], [width, height], [0.0, height]], dtype=np.float64)
+    pts = px if transform is None else apply_affine(transform, px)
+    return ccw(pts[None])[0]
 
 
 def ccw(rings: np.ndarray) -> np.ndarray:
@@ -121,9 +158,10 @@ def centres(dets: Detections) -> np.ndarray:
 
 
 def lengths_m(dets: Detections) -> tuple[np.ndarray, np.ndarray]:
-    """Long and short side of every footprint in metres (``nan`` when the GSD is unknown)."""
+    """Long and short side of every footprint in metres (``nan`` when the GSD is unknown or not finite)."""
     long_px, short_px = side_lengths(dets)
-    if dets.gsd is None:
+    gsd = valid_gsd(dets.gsd)
+    if gsd is None:
         nan = np.full(len(dets), np.nan)
         return nan, nan.copy()
-    return long_px * dets.gsd, short_px * dets.gsd
+    return long_px * gsd, short_px * gsd

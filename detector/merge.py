@@ -18,6 +18,11 @@ the scene border), i.e. whether the model may have seen only part of the object:
 Overlaps are exact polygon areas, as in :func:`detector.geometry.polygon_overlaps`, computed only for the
 pairs whose enclosing boxes overlap; those pairs are found through a grid of cells (vectorised, no N x N
 matrix), so 30k detections over a scene cost about a second.
+
+After the seam merge, :func:`merge_cross_class` gives every object one label: where detections of
+*different* classes cover one object (IoU >= ``iou`` on their footprints, e.g. one car called both
+small-vehicle and large-vehicle), the higher-scoring one is kept and the runner-up's class and score go into
+its ``data`` columns ``runner_up_class`` and ``runner_up_score``.
 """
 
 from __future__ import annotations
@@ -35,6 +40,10 @@ from detector.geometry import corners_to_xyxy, xywhr_to_corners
 TWIN_TOLERANCE = 0.1
 #: ... and by at least this many pixels.
 TWIN_TOLERANCE_PX = 2.0
+#: ``Detections.data`` columns written by :func:`merge_cross_class`: the class of the best detection of
+#: another class that covered the same object ("" when none) and its score (NaN when none).
+RUNNER_UP_CLASS = "runner_up_class"
+RUNNER_UP_SCORE = "runner_up_score"
 
 
 def merge_detections(
@@ -120,18 +129,81 @@ def merge_detections(
     return _grow(out, keep, pieces, corners)
 
 
+def merge_cross_class(dets: Detections, iou: float = 0.8) -> Detections:
+    """One label per object: of detections of different classes with footprint IoU >= ``iou``, keep the best.
+
+    Greedy in (stable) score order, like NMS across classes but only for near-identical footprints (rotated
+    ones when present): a kept detection suppresses lower-scored detections of *other* classes that overlap
+    it by at least ``iou``. Same-class pairs are left alone (the seam merge has dealt with them).
+
+    Args:
+        dets: detections of one scene, after the seam merge (:func:`merge_detections`).
+        iou: IoU at or above which two detections of different classes are one object, in ``(0, 1]``.
+
+    Returns:
+        The kept detections in their input order, with ``data`` columns :data:`RUNNER_UP_CLASS` (str: the
+        class of the best suppressed detection, ``""`` when none) and :data:`RUNNER_UP_SCORE` (float32, NaN
+        when none). Columns already present (a second pass) are kept where this pass suppresses nothing.
+    """
+    if not 0 < iou <= 1:
+        raise ValueError(f"cross-class iou must be in (0, 1], got {iou!r}")
+    n = len(dets)
+    runner_class = np.asarray(dets.data.get(RUNNER_UP_CLASS, np.full(n, "", dtype=object)), dtype=object)
+    runner_score = np.asarray(dets.data.get(RUNNER_UP_SCORE, np.full(n, np.nan)), dtype=np.float32)
+    runner_class, runner_score = runner_class.copy(), runner_score.copy()
+    suppressed = np.zeros(n, bool)
+    if n > 1:
+        a, b, pair_iou, _ = overlap_pairs(footprint_corners(dets), dets.class_ids, same_class=False)
+        hit = pair_iou >= iou
+        a, b = a[hit], b[hit]
+        order = np.argsort(-dets.scores, kind="stable")
+        rank = np.empty(n, np.int64)
+        rank[order] = np.arange(n)
+        hi = np.where(rank[a] < rank[b], a, b)
+        lo = np.where(rank[a] < rank[b], b, a)
+        by_rank = np.lexsort((rank[lo], rank[hi]))
+        hi, lo = hi[by_rank], lo[by_rank]
+        bounds = np.flatnonzero(np.diff(hi)) + 1
+        starts, ends = (np.r_[0, bounds], np.r_[bounds, len(hi)]) if len(hi) else ([], [])
+        names = np.asarray(dets.class_names, dtype=object)
+        for s, e in zip(list(starts), list(ends), strict=True):
+            head = int(hi[s])
+            if suppressed[head]:
+                continue
+            others = lo[s:e]
+            others = others[~suppressed[others]]
+            if len(others) == 0:
+                continue
+            suppressed[others] = True
+            best = int(others[0])  # lo is sorted by rank within the group: the best-scored runner-up
+            runner_class[head] = names[dets.class_ids[best]]
+            runner_score[head] = dets.scores[best]
+    keep = np.flatnonzero(~suppressed)
+    data = dict(dets.data)
+    data[RUNNER_UP_CLASS] = runner_class.astype(str)
+    data[RUNNER_UP_SCORE] = runner_score
+    return replace(dets, data=data)[keep]
+
+
 def overlap_pairs(
-    corners: np.ndarray, class_ids: np.ndarray
+    corners: np.ndarray, class_ids: np.ndarray, *, same_class: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """All overlapping same-class pairs ``i < j`` of footprints ``(N, K, 2)``, with their IoU and IoS.
 
     Returns ``(i, j, iou, ios)``, each of length P (the pairs whose footprints intersect with a positive
     area). The values equal those of :func:`detector.geometry.polygon_overlaps`, computed only for pairs
-    whose enclosing boxes overlap, found without an N x N matrix.
+    whose enclosing boxes overlap, found without an N x N matrix. ``same_class=False`` gives the pairs of
+    *different* classes instead.
     """
     i, j = (np.zeros(0, np.int64),) * 2
+    class_ids = np.asarray(class_ids, np.int64)
     if len(corners) > 1:
-        i, j = _candidate_pairs(corners_to_xyxy(corners), np.asarray(class_ids, np.int64))
+        if same_class:
+            i, j = _candidate_pairs(corners_to_xyxy(corners), class_ids)
+        else:
+            i, j = _candidate_pairs(corners_to_xyxy(corners), np.zeros_like(class_ids))
+            other = class_ids[i] != class_ids[j]
+            i, j = i[other], j[other]
     if len(i) == 0:
         empty = np.zeros(0, np.int64)
         return empty, empty, np.zeros(0), np.zeros(0)

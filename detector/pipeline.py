@@ -3,14 +3,20 @@
 The whole flow, top to bottom in :meth:`Detector.predict`:
 
     open the scene (band choice, one stretch per scene, nodata, GSD)       detector.raster
-      -> tile grid, resampled to the model's GSD                           detector.tiling
+      -> refuse a scene far coarser than the model's GSD range (unless forced)  detector.tiling
+      -> tile grid, resampled into the model's GSD range                   detector.tiling
       -> read tiles window by window, batch them (skip all-nodata tiles)   a background thread reads ahead
       -> predictor.predict_batch -> detections in tile pixels              detector.backends
       -> drop detections lying mostly on nodata, move to scene pixels, flag those cut by an inner tile edge
-      -> merge across seams                                                detector.merge
+      -> (optional) one downscaled whole-scene tile for objects larger than a tile
+      -> merge across seams, then one label per object (cross-class rule)  detector.merge
       -> keep the requested classes, attach CRS / transform / GSD / source
 
 Memory stays flat whatever the scene size: at most two batches of tiles are held, plus the detections.
+
+``predict`` is :meth:`Detector.predict_tiles` (every tile) then :meth:`Detector.merge_tiles`;
+``detector.distributed`` runs blocks of tiles of a huge scene on several workers and merges them once, in tile
+order, with the same two methods, so both paths give the same detections.
 """
 
 from __future__ import annotations
@@ -18,28 +24,43 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import rasterio
 import rasterio.env
+from rasterio.io import DatasetReaderBase
 from rasterio.windows import Window
 
 from detector.backends.base import ModelMeta, Predictor
 from detector.detections import Detections
 from detector.geometry import corners
-from detector.merge import merge_detections
-from detector.raster import Scene, open_scene
-from detector.tiling import TileConfig, TilePlan, plan_tiles
+from detector.merge import merge_cross_class, merge_detections
+from detector.model import min_tile
+from detector.raster import Scene, SceneSource, open_scene
+from detector.tiling import (
+    RESOLUTION_FACTOR,
+    TileConfig,
+    TilePlan,
+    check_resolution,
+    coarse_plan,
+    model_gsd_range,
+    plan_tiles,
+)
 
 logger = logging.getLogger(__name__)
 
 #: A detection within this many tile pixels of an inner tile edge counts as cut by it.
 EDGE_MARGIN = 3.0
+#: The coarse pass (``TileConfig(coarse=True)``) keeps the detections whose long side is more than this many
+#: tile overlaps (scene pixels). 0 keeps all of them, as SAHI's whole-image pass does: measured on the KIT
+#: MunichStreet02 strips with yolo26n-obb, all of them gave +0.011 mAP50 and only those larger than the
+#: overlap (1.0) nothing; on the DOTA demo scenes all of them cost 0.003 (scripts/sahi_compare.py).
+COARSE_MIN_OVERLAPS = 0.0
 #: Detections whose footprint is less than this fraction valid (not nodata) are dropped.
 MIN_VALID_FRACTION = 0.5
 #: GDAL block cache (MB) while a scene is read, unless the caller set GDAL_CACHEMAX: tiles are read row by
@@ -47,6 +68,40 @@ MIN_VALID_FRACTION = 0.5
 GDAL_CACHE_MB = 256
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TileParts:
+    """Detections of some tiles of one scene before the seam merge (:meth:`Detector.predict_tiles`); it pickles.
+
+    A Dask worker sends one back per block of tiles of a split scene; :meth:`Detector.merge_tiles` joins the
+    blocks in tile order. Coordinates are scene pixels, as in :class:`~detector.detections.Detections`.
+
+    Attributes:
+        source: the scene's file name (``"<array>"`` for an in-memory image).
+        width, height: scene size in pixels (columns, rows).
+        crs, transform, gsd: the scene's georeferencing (see :class:`~detector.raster.Scene`).
+        tile: tile side in model pixels; ``scale``: scene pixels per tile pixel.
+        tiles: tiles in the scene's whole plan; ``tiles_run``: tiles of this part that went through the model
+            (tiles without valid pixels are skipped).
+        found: the detections of this part's tiles in tile order, ``None`` when no tile was run.
+        cut: bool ``(N,)``, True where a detection touches an inner edge of its tile.
+        windows: float ``(N, 4)``, ``(x0, y0, x1, y1)`` of the tile each detection came from.
+    """
+
+    source: str
+    width: int
+    height: int
+    crs: Any
+    transform: Any
+    gsd: float | None
+    tile: int
+    scale: float
+    tiles: int
+    tiles_run: int
+    found: Detections | None
+    cut: np.ndarray
+    windows: np.ndarray
 
 
 class Detector:
@@ -61,12 +116,27 @@ class Detector:
     """
 
     def __init__(
-        self, predictor: Predictor, *, merge_iou: float = 0.5, merge_ios: float = 0.8, prefetch: bool = True
+        self,
+        predictor: Predictor,
+        *,
+        merge_iou: float = 0.5,
+        merge_ios: float = 0.8,
+        prefetch: bool = True,
+        cross_class_iou: float | None = 0.8,
+        resolution_factor: float | None = RESOLUTION_FACTOR,
     ) -> None:
+        if cross_class_iou is not None and not 0 <= cross_class_iou <= 1:
+            raise ValueError(f"cross_class_iou must be in [0, 1] (0 or None: off), got {cross_class_iou!r}")
+        if resolution_factor is not None and not resolution_factor >= 0:
+            raise ValueError(
+                f"resolution_factor must be >= 0 (0 or None: never refuse), got {resolution_factor!r}"
+            )
         self.predictor = predictor
         self.merge_iou = merge_iou
         self.merge_ios = merge_ios
         self.prefetch = prefetch
+        self.cross_class_iou = cross_class_iou
+        self.resolution_factor = resolution_factor
 
     @classmethod
     def load(
@@ -77,14 +147,19 @@ class Detector:
         conf: float = 0.25,
         iou: float = 0.6,
         threads: int | None = None,
+        runtime: str = "onnxruntime",
+        **options: Any,
     ) -> Detector:
         """A detector for a model file (``.onnx`` or ``.pt``); ``None`` loads the default model.
 
-        ``conf`` and ``iou`` are the model's score threshold and its within-tile NMS threshold.
+        ``conf`` and ``iou`` are the model's score threshold and its within-tile NMS threshold; ``runtime``
+        runs ``.onnx`` files with ``"onnxruntime"`` or ``"openvino"`` (see :func:`detector.model.load_predictor`).
+        ``options`` go to the constructor (``cross_class_iou``, ``resolution_factor``, ``merge_iou``, ...).
         """
         from detector.model import load_predictor
 
-        return cls(load_predictor(path, device=device, conf=conf, iou=iou, threads=threads))
+        predictor = load_predictor(path, device=device, conf=conf, iou=iou, threads=threads, runtime=runtime)
+        return cls(predictor, **options)
 
     @property
     def meta(self) -> ModelMeta:
@@ -93,110 +168,260 @@ class Detector:
 
     def predict(
         self,
-        source: str | Path | np.ndarray,
+        source: SceneSource,
         *,
         tile: TileConfig | None = None,
         classes: list[str] | None = None,
         bands: tuple[int, ...] | None = None,
         gsd: float | None = None,
         progress: Callable[[int, int], None] | None = None,
+        force: bool = False,
     ) -> Detections:
         """Detect objects in a scene.
 
         Args:
-            source: a raster file GDAL reads, or an image array ``(rows, cols, channels)`` (RGB).
+            source: a raster file GDAL reads, an open rasterio dataset (its CRS, transform and nodata are
+                kept; it stays open), a PIL image, or an image array: ``(rows, cols, channels)`` (band-last,
+                RGB) or ``(channels, rows, cols)`` (band-first, as ``rasterio`` reads it) with 1 to 4 channels
+                and more than 4 rows and columns; any other shape is a ``RasterError`` (the rule is
+                :meth:`~detector.raster.Scene.from_array`'s).
             tile: tiling (size, overlap, batch, resampling); default :class:`TileConfig()`.
             classes: keep only these class names (default: all).
             bands: 1-based band indexes read as red, green, blue (or one band for gray).
             gsd: scene ground sample distance in metres per pixel, overriding the georeferencing.
             progress: called as ``progress(done_tiles, total_tiles)`` after every batch.
+            force: run a scene far coarser than the model's GSD range anyway (see ``resolution_factor``).
 
         Returns:
             Detections in scene pixels with ``crs``, ``transform`` (full-resolution scene), ``gsd`` and
-            ``source`` filled in; ``meta`` holds the scene size and tiling.
+            ``source`` filled in; ``meta`` holds the scene size and tiling, and ``size_known`` (False when
+            the scene's GSD is unknown: no sizes in metres, no resampling, no resolution check).
 
         Raises:
             RasterError: the source cannot be read (the message names it).
+            ResolutionError: the scene's GSD is far coarser than the model's range and ``force`` is off.
             ValueError: an unknown class name.
         """
-        config = tile or TileConfig()
-        wanted = self._class_ids(classes)
-        meta = self.meta
-        with _gdal_cache(), _open(source, bands, gsd) as scene:
-            plan = plan_tiles(scene.width, scene.height, config, meta.imgsz, scene.gsd, meta.gsd)
-            total = len(plan.windows)
-            logger.info(
-                "%s: %dx%d px, %d tiles of %d px (scale %.3g scene px per tile px)",
-                scene.path,
-                scene.width,
-                scene.height,
-                total,
-                plan.size,
-                plan.scale,
-            )
-            parts: list[Detections] = []
-            cut_flags: list[np.ndarray] = []
-            tile_bounds: list[np.ndarray] = []
-            ran = 0
-            if progress:
-                progress(0, total)
-            batches = _batches(scene, plan, config.batch)
-            with contextlib.closing(_read_ahead(batches) if self.prefetch else batches) as stream:
-                for batch in stream:
-                    if batch.tiles:
-                        results = self.predictor.predict_batch(np.stack(batch.tiles))
-                        if len(results) != len(batch.tiles):
-                            raise RuntimeError(
-                                f"{type(self.predictor).__name__}.predict_batch returned {len(results)} results "
-                                f"for {len(batch.tiles)} tiles"
-                            )
-                        for window, valid, dets in zip(batch.windows, batch.valid, results, strict=True):
-                            dets = _drop_nodata(dets, valid)
-                            cut_flags.append(
-                                _cut_by_inner_edge(dets, window, plan, scene.width, scene.height)
-                            )
-                            parts.append(_to_scene(dets, window, plan.scale))
-                            tile_bounds.append(np.tile(_bounds(window), (len(dets), 1)))
-                        ran += len(batch.tiles)
-                    if progress:
-                        progress(batch.done, total)
+        self._class_ids(classes)  # an unknown class fails before the scene is read
+        parts = self.predict_tiles(source, tile=tile, bands=bands, gsd=gsd, progress=progress, force=force)
+        merged = self.merge_tiles([parts], classes=classes)
+        return merged if isinstance(source, (str, Path, DatasetReaderBase)) else replace(merged, source=None)
 
-            found = (
-                Detections.concatenate(parts) if parts else Detections.empty(meta.names, meta.task == "obb")
-            )
-            merged = merge_detections(
-                found,
-                iou=self.merge_iou,
-                ios=self.merge_ios,
-                tile_edges=np.concatenate(cut_flags) if cut_flags else None,
-                windows=np.concatenate(tile_bounds) if tile_bounds else None,
-            )
-            if wanted is not None:
-                merged = merged[np.isin(merged.class_ids, wanted)]
-            logger.info(
-                "%s: %d detections (%d before merging), %d of %d tiles run",
-                scene.path,
-                len(merged),
-                len(found),
-                ran,
-                total,
-            )
-            return replace(
-                merged,
-                crs=scene.crs,
-                transform=scene.transform,
-                gsd=scene.gsd,
-                source=None if isinstance(source, np.ndarray) else str(source),
-                meta={
-                    "width": scene.width,
-                    "height": scene.height,
-                    "tile": plan.size,
-                    "scale": plan.scale,
-                    "tiles": total,
-                    "tiles_run": ran,
-                    "model": meta.name,
-                },
-            )
+    def predict_tiles(
+        self,
+        source: SceneSource,
+        tiles: Sequence[int] | None = None,
+        *,
+        tile: TileConfig | None = None,
+        bands: tuple[int, ...] | None = None,
+        gsd: float | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        force: bool = False,
+        coarse: bool | None = None,
+    ) -> TileParts:
+        """Run the model on some tiles of a scene: their detections in scene pixels, before the seam merge.
+
+        :meth:`predict` runs every tile; a Dask worker runs one block of them (``detector.distributed``), and
+        :meth:`merge_tiles` joins the blocks, in tile order, into exactly what :meth:`predict` returns.
+
+        Args:
+            source, tile, bands, gsd, force: as for :meth:`predict`.
+            tiles: indexes into the scene's :meth:`plan` windows, in increasing order (default: all of them).
+            progress: called as ``progress(done_tiles, total_tiles)`` after every batch, counting these tiles.
+            coarse: add the coarse pass of ``tile.coarse`` (default: when every tile is run). A split scene runs
+                it once, as a last block of no tiles (``tiles=[]``, ``coarse=True``), so blocks merge as
+                :meth:`predict` does.
+
+        Raises:
+            RasterError: the source cannot be read (the message names it).
+            IndexError: a tile index outside the plan.
+        """
+        config = tile or TileConfig()
+        with _gdal_cache(), _open(source, bands, gsd) as scene:
+            plan = self.plan(scene, config, force=force)
+            parts = self._run_tiles(scene, plan, tiles, batch=config.batch, progress=progress)
+            if config.coarse and (tiles is None if coarse is None else coarse):
+                parts = self._add_coarse(scene, plan, config, parts)
+            return parts
+
+    def plan(self, scene: Scene, tile: TileConfig | None = None, *, force: bool = False) -> TilePlan:
+        """The tile plan of an open scene for this model (the same for every process that opens the scene).
+
+        Raises:
+            ResolutionError: the scene's GSD is far coarser than the model's range and ``force`` is off.
+        """
+        config = tile or TileConfig()
+        meta = self.meta
+        gsd_range = model_gsd_range(meta)
+        factor = self.resolution_factor or 0
+        check_resolution(scene.gsd, gsd_range, factor=factor, force=force, source=scene.path)
+        if scene.gsd is None:
+            logger.info("%s: GSD unknown (no georeferencing, no --gsd): object sizes are unknown", scene.path)
+        plan = plan_tiles(
+            scene.width,
+            scene.height,
+            config,
+            meta.imgsz,
+            scene.gsd,
+            meta.gsd_range,
+            model_gsd=meta.gsd,
+            fit=self._rect_tiles(),
+            min_size=min_tile(meta),
+        )
+        logger.info(
+            "%s: %dx%d px, %d tiles of %d px (scale %.3g scene px per tile px)",
+            scene.path,
+            scene.width,
+            scene.height,
+            len(plan.windows),
+            plan.size,
+            plan.scale,
+        )
+        return plan
+
+    def _run_tiles(
+        self,
+        scene: Scene,
+        plan: TilePlan,
+        tiles: Sequence[int] | None,
+        *,
+        batch: int,
+        progress: Callable[[int, int], None] | None,
+    ) -> TileParts:
+        windows = plan.windows if tiles is None else [plan.windows[k] for k in tiles]
+        total = len(windows)
+        parts: list[Detections] = []
+        cut_flags: list[np.ndarray] = []
+        tile_bounds: list[np.ndarray] = []
+        ran = 0
+        if progress:
+            progress(0, total)
+        batches = _batches(scene, windows, plan.out_shape, batch)
+        with contextlib.closing(_read_ahead(batches) if self.prefetch else batches) as stream:
+            for chunk in stream:
+                if chunk.tiles:
+                    results = self.predictor.predict_batch(np.stack(chunk.tiles))
+                    if len(results) != len(chunk.tiles):
+                        raise RuntimeError(
+                            f"{type(self.predictor).__name__}.predict_batch returned {len(results)} results "
+                            f"for {len(chunk.tiles)} tiles"
+                        )
+                    for window, valid, dets in zip(chunk.windows, chunk.valid, results, strict=True):
+                        dets = _drop_nodata(dets, valid)
+                        cut_flags.append(_cut_by_inner_edge(dets, window, plan, scene.width, scene.height))
+                        parts.append(_to_scene(dets, window, plan.scale))
+                        tile_bounds.append(np.tile(_bounds(window), (len(dets), 1)))
+                    ran += len(chunk.tiles)
+                if progress:
+                    progress(chunk.done, total)
+        return TileParts(
+            source=scene.path,
+            width=scene.width,
+            height=scene.height,
+            crs=scene.crs,
+            transform=scene.transform,
+            gsd=scene.gsd,
+            tile=plan.size,
+            scale=plan.scale,
+            tiles=len(plan.windows),
+            tiles_run=ran,
+            found=Detections.concatenate(parts) if parts else None,
+            cut=np.concatenate(cut_flags) if cut_flags else np.zeros(0, bool),
+            windows=np.concatenate(tile_bounds) if tile_bounds else np.zeros((0, 4)),
+        )
+
+    def merge_tiles(self, parts: Sequence[TileParts], *, classes: list[str] | None = None) -> Detections:
+        """Merge the tile detections of one scene across the seams (blocks in tile order), then finish them.
+
+        Args:
+            parts: :meth:`predict_tiles` results of one scene whose tiles, taken in order, are the plan's tiles
+                in order (one part for :meth:`predict`; one per block for a split scene).
+            classes: keep only these class names (default: all).
+
+        Returns:
+            Detections as :meth:`predict` documents them.
+        """
+        if not parts:
+            raise ValueError("merge_tiles needs the tile parts of one scene, got none")
+        wanted = self._class_ids(classes)
+        first = parts[0]
+        other = [p.source for p in parts if (p.source, p.tiles) != (first.source, first.tiles)]
+        if other:
+            raise ValueError(f"merge_tiles got parts of {other[0]} with parts of {first.source}")
+        meta = self.meta
+        found_parts = [p.found for p in parts if p.found is not None]
+        ran = sum(p.tiles_run for p in parts)
+        found = (
+            Detections.concatenate(found_parts)
+            if found_parts
+            else Detections.empty(meta.names, meta.task == "obb")
+        )
+        merged = merge_detections(
+            found,
+            iou=self.merge_iou,
+            ios=self.merge_ios,
+            tile_edges=np.concatenate([p.cut for p in parts]) if found_parts else None,
+            windows=np.concatenate([p.windows for p in parts]) if found_parts else None,
+        )
+        if self.cross_class_iou:
+            merged = merge_cross_class(merged, iou=self.cross_class_iou)
+        if wanted is not None:
+            merged = merged[np.isin(merged.class_ids, wanted)]
+        logger.info(
+            "%s: %d detections (%d before merging), %d of %d tiles run",
+            first.source,
+            len(merged),
+            len(found),
+            ran,
+            first.tiles,
+        )
+        return replace(
+            merged,
+            crs=first.crs,
+            transform=first.transform,
+            gsd=first.gsd,
+            source=first.source,
+            meta={
+                "width": first.width,
+                "height": first.height,
+                "tile": first.tile,
+                "scale": first.scale,
+                "tiles": first.tiles,
+                "tiles_run": ran,
+                "model": meta.name,
+                "size_known": first.gsd is not None,
+                "gsd_range": model_gsd_range(meta),
+            },
+        )
+
+    def _rect_tiles(self) -> bool:
+        """Whether the predictor says it runs non-square tiles (``rect_tiles = True``): tiles are then fitted
+        to strips and small scenes (:func:`~detector.tiling.plan_tiles`)."""
+        return bool(getattr(self.predictor, "rect_tiles", False))
+
+    def _add_coarse(self, scene: Scene, plan: TilePlan, config: TileConfig, parts: TileParts) -> TileParts:
+        """Run the whole scene as one downscaled tile (:func:`~detector.tiling.coarse_plan`) and add what it
+        finds (larger than :data:`COARSE_MIN_OVERLAPS` tile overlaps) to the tiled detections, after them
+        (tile order is kept); the seam merge then keeps one of each object."""
+        size = int(config.tile or self.meta.imgsz)
+        coarse = coarse_plan(scene.width, scene.height, size, plan.scale)
+        if coarse is None:
+            return parts
+        extra = self._run_tiles(scene, coarse, None, batch=1, progress=None)
+        if extra.found is None or len(extra.found) == 0:
+            return replace(parts, tiles_run=parts.tiles_run + extra.tiles_run)
+        sides = extra.found.xyxy[:, 2:] - extra.found.xyxy[:, :2]
+        big = sides.max(axis=1) > COARSE_MIN_OVERLAPS * config.overlap_px(plan.size) * plan.scale
+        found = extra.found[big]
+        logger.info("%s: coarse pass at scale %.3g: %d detections kept", scene.path, coarse.scale, len(found))
+        joined = [p for p in (parts.found, found) if p is not None]
+        return replace(
+            parts,
+            tiles_run=parts.tiles_run + extra.tiles_run,
+            found=Detections.concatenate(joined),
+            cut=np.concatenate([parts.cut, np.zeros(len(found), bool)]),
+            windows=np.concatenate([parts.windows, extra.windows[big]]),
+        )
 
     def _class_ids(self, classes: list[str] | None) -> np.ndarray | None:
         if classes is None:
@@ -218,10 +443,8 @@ def _gdal_cache() -> contextlib.AbstractContextManager:
     )  # rasterio takes bytes
 
 
-def _open(source: str | Path | np.ndarray, bands: tuple[int, ...] | None, gsd: float | None) -> Scene:
-    if isinstance(source, np.ndarray):
-        return Scene.from_array(source, gsd=gsd, bands=bands)
-    return open_scene(source, bands=bands, gsd=gsd)
+def _open(source: SceneSource, bands: tuple[int, ...] | None, gsd: float | None) -> Scene:
+    return open_scene(source, bands=bands, gsd=gsd)  # a file, a rasterio dataset, a PIL image or an array
 
 
 @dataclass
@@ -234,11 +457,14 @@ class _Batch:
     done: int = 0
 
 
-def _batches(scene: Scene, plan: TilePlan, size: int) -> Generator[_Batch, None, None]:
-    """Read the plan's tiles in order, skipping those without valid pixels, ``size`` tiles per batch."""
+def _batches(
+    scene: Scene, windows: Sequence[Window], tile: tuple[int, int], size: int
+) -> Generator[_Batch, None, None]:
+    """Read ``windows`` in order as tiles of ``tile`` (rows, cols) px, skipping those without valid pixels,
+    ``size`` per batch."""
     batch = _Batch()
-    for k, window in enumerate(plan.windows):
-        rgb, valid = scene.read(window, out_shape=(plan.size, plan.size))
+    for k, window in enumerate(windows):
+        rgb, valid = scene.read(window, out_shape=tile)
         if valid.any():
             batch.windows.append(window)
             batch.tiles.append(rgb)
@@ -247,7 +473,7 @@ def _batches(scene: Scene, plan: TilePlan, size: int) -> Generator[_Batch, None,
             batch.done = k + 1
             yield batch
             batch = _Batch()
-    batch.done = len(plan.windows)
+    batch.done = len(windows)
     yield batch
 
 
@@ -293,12 +519,12 @@ def _cut_by_inner_edge(
 ) -> np.ndarray:
     """True where a detection (tile pixels) touches a tile edge that is not the scene edge."""
     x0, y0, x1, y1 = dets.xyxy.T
-    hi = plan.size - EDGE_MARGIN
+    rows, cols = plan.out_shape
     return (
         ((window.col_off > 0) & (x0 <= EDGE_MARGIN))
         | ((window.row_off > 0) & (y0 <= EDGE_MARGIN))
-        | ((window.col_off + window.width < width) & (x1 >= hi))
-        | ((window.row_off + window.height < height) & (y1 >= hi))
+        | ((window.col_off + window.width < width) & (x1 >= cols - EDGE_MARGIN))
+        | ((window.row_off + window.height < height) & (y1 >= rows - EDGE_MARGIN))
     )
 
 

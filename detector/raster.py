@@ -1,35 +1,49 @@
 """Open a scene and read it window by window: band choice, radiometry, nodata and ground sample distance.
 
-A :class:`Scene` wraps one raster that GDAL can read (GeoTIFF, COG, JPEG, PNG, JPEG 2000, ...) or an
-in-memory numpy image. :meth:`Scene.read` returns one window as the model sees it:
+A :class:`Scene` wraps one raster that GDAL can read (GeoTIFF, COG, JPEG, PNG, JPEG 2000, ...), an open
+rasterio dataset, a PIL image or an in-memory numpy image (:func:`open_scene` takes any of them).
+:meth:`Scene.read` returns one window as the model sees it:
 
 * ``rgb``: ``uint8`` array ``(rows, cols, 3)``, RGB channel order, values 0-255, after the scene's
   :class:`Stretch` (8-bit data passes unchanged; 16-bit and float data go through one per-scene percentile
   stretch computed once when the scene is opened, never per tile and never by dividing by 255).
 * ``valid``: ``bool`` array ``(rows, cols)``, False where the pixel is nodata, masked (alpha band, internal
-  mask), not finite, or outside the scene (windows may pass the scene edge: they are padded with zeros).
+  mask), not finite, or outside the scene (windows may pass the scene edge: the outside is padded with
+  :data:`PAD_VALUE` gray, as Ultralytics letterboxes, so a partial tile looks like what the model trained on).
 
 The whole scene is never read at full resolution: the stretch comes from the overviews or from a decimated
 read of at most about one megapixel.
+
+Files are read strictly: a file that does not decode to its end (truncated, corrupt) is a :class:`RasterError`
+naming it when it is opened, never noise. GDAL's whole-image PNG fast path returns data for the missing rows
+of a truncated PNG without an error, so :func:`open_scene` checks that the last row of blocks decodes (for
+every format) and, for PNG, every chunk's checksum through the end marker (PIL's ``verify()``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import struct
+import sys
 import warnings
 from dataclasses import dataclass
+from numbers import Real
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeGuard
 
 import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
-from rasterio.io import MemoryFile
+from rasterio.io import DatasetReaderBase, MemoryFile
 from rasterio.windows import Window
+
 from detector.errors import RasterError  # noqa: F401  (re-exported)
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +53,19 @@ STRETCH_PERCENTILES: tuple[float, float] = (0.5, 99.5)
 SAMPLE_PIXELS = 1_000_000
 #: Rasters with more pixels than this, stored in strips, get a warning about slow windowed reads.
 STRIPED_WARN_PIXELS = 8192 * 8192
+#: RGB value of the padding outside the scene (partial tiles, small scenes): Ultralytics' letterbox gray.
+PAD_VALUE = 114
 
 _ARRAY_NAME = "<array>"
+_PIL_NAME = "<PIL image>"
+#: An image array holds at most this many channels (RGB + alpha), on its first or its last axis.
+MAX_ARRAY_CHANNELS = 4
+#: An image array is more than this many pixels on each side (so that its channel axis is never in doubt).
+MIN_ARRAY_SIDE = 4
 
-
+#: What :func:`open_scene` (and :meth:`detector.pipeline.Detector.predict`) reads: a file name, an open rasterio
+#: dataset, a PIL image or a numpy array.
+SceneSource: TypeAlias = "str | Path | DatasetReaderBase | PILImage | np.ndarray"
 
 
 @dataclass(frozen=True)
@@ -88,17 +111,20 @@ class Stretch:
 
 
 class Scene:
-    """One open raster, read window by window. Use :func:`open_scene` or :meth:`from_array`.
+    """One open raster, read window by window. Use :func:`open_scene` (or :meth:`from_array`,
+    :meth:`from_pil`, :meth:`from_dataset`).
 
     Attributes:
-        path: the file name (``"<array>"`` for in-memory images), used in every error message.
+        path: the file name (``"<array>"``, ``"<PIL image>"`` for in-memory images; the dataset's name for an
+            open rasterio dataset), used in every error message.
         width, height: scene size in pixels (columns, rows).
         count: number of bands in the file.
         dtype: numpy dtype name of the bands that are read.
         bands: the 1-based band indexes read as ``(red, green, blue)``.
         crs: ``rasterio.crs.CRS`` or ``None``.
         transform: affine pixel -> CRS transform of the full-resolution scene, or ``None`` when the image
-            carries no georeferencing.
+            carries no georeferencing (a geotransform without a CRS is kept, with a warning: outputs are
+            then in pixels and the GSD is unknown unless given).
         gsd: ground sample distance in metres per pixel, or ``None`` when unknown.
         stretch: the per-scene :class:`Stretch` applied in :meth:`read`.
     """
@@ -111,9 +137,11 @@ class Scene:
         bands: tuple[int, ...] | None = None,
         gsd: float | None = None,
         memfile: MemoryFile | None = None,
+        owns_dataset: bool = True,
     ) -> None:
         self._ds = dataset
         self._memfile = memfile
+        self._owns_dataset = owns_dataset
         self.path = path
         self.width: int = dataset.width
         self.height: int = dataset.height
@@ -140,7 +168,14 @@ class Scene:
                 "(orthorectify first, e.g. gdalwarp -rpc or -tps)",
                 path,
             )
-        if gsd is not None and not gsd > 0:
+        elif georeferenced and dataset.crs is None:
+            logger.warning(
+                "%s has a geotransform but no CRS: outputs stay in image pixels%s "
+                "(assign the CRS, e.g. gdal_edit -a_srs EPSG:32633 FILE)",
+                path,
+                ", the GSD is unknown unless given (--gsd)" if gsd is None else "",
+            )
+        if gsd is not None and (isinstance(gsd, bool) or not isinstance(gsd, Real) or not 0 < gsd < math.inf):
             raise ValueError(f"gsd must be a positive number of metres per pixel, got {gsd!r}")
         self.gsd: float | None = (
             float(gsd)
@@ -148,33 +183,47 @@ class Scene:
             else _gsd_from_georeferencing(self.crs, self.transform, self.width, self.height)
         )
         self._warn_if_striped()
+        if memfile is None:  # an array copied into memory by from_array decodes by construction
+            self._check_decodes()
         self.stretch = self._compute_stretch()
 
     # -- construction -------------------------------------------------------------------------------
 
     @classmethod
     def from_array(
-        cls, array: np.ndarray, gsd: float | None = None, bands: tuple[int, ...] | None = None
+        cls,
+        array: np.ndarray,
+        gsd: float | None = None,
+        bands: tuple[int, ...] | None = None,
+        *,
+        name: str = _ARRAY_NAME,
     ) -> Scene:
-        """An in-memory image ``(rows, cols)`` or ``(rows, cols, channels)`` as a scene without georeferencing.
+        """An in-memory image as a scene without georeferencing.
 
-        Channels are RGB (RGBA: the 4th channel is alpha); 8-bit data passes unchanged, other integer and
-        float data are stretched like a file. The array is copied into an in-memory GeoTIFF.
+        The channel axis is found by one rule, so that an array is never read with its axes swapped:
+
+        * ``(rows, cols)``: one gray band.
+        * ``(rows, cols, channels)`` (band-last, what PIL and OpenCV give) with 1 to 4 channels.
+        * ``(channels, rows, cols)`` (band-first, what ``rasterio``'s ``read()`` gives) with 1 to 4 channels:
+          transposed to band-last.
+
+        ``rows`` and ``cols`` must both exceed 4 pixels; any other shape, ``(3, 3, 3)`` or ``(3, 100, 3)``
+        say, cannot be told apart and is a :class:`RasterError` (so is an array of more than 4 channels: pick
+        the bands first, e.g. ``array[..., [3, 2, 1]]``). Channels are RGB (RGBA: the 4th channel is alpha);
+        8-bit data passes unchanged, other integer and float data are stretched like a file. The array is
+        copied into an in-memory GeoTIFF.
+
+        Args:
+            array: the image.
+            gsd: ground sample distance in metres per pixel, if known.
+            bands: 1-based channel indexes read as ``(red, green, blue)`` (see :func:`open_scene`).
+            name: the name error messages give the image.
+
+        Raises:
+            RasterError: empty array, unsupported data type, or a shape outside the rule above.
         """
-        arr = np.asarray(array)
-        if arr.ndim == 2:
-            arr = arr[:, :, None]
-        if arr.ndim != 3:
-            raise RasterError(
-                f"{_ARRAY_NAME}: expected an array of shape (rows, cols, channels), got {arr.shape}"
-            )
+        arr = _band_last(np.asarray(array), name)
         rows, cols, channels = arr.shape
-        if rows == 0 or cols == 0 or channels == 0:
-            raise RasterError(f"{_ARRAY_NAME}: empty scene (shape {arr.shape})")
-        if arr.dtype.kind not in "uif":
-            raise RasterError(
-                f"{_ARRAY_NAME}: unsupported data type {arr.dtype} (need integer or real values)"
-            )
         if arr.dtype == np.float16:
             arr = arr.astype(np.float32)
         memfile = MemoryFile()
@@ -194,11 +243,55 @@ class Scene:
                     ][:channels]
             dataset = memfile.open()
         try:
-            return cls(dataset, path=_ARRAY_NAME, bands=bands, gsd=gsd, memfile=memfile)
+            return cls(dataset, path=name, bands=bands, gsd=gsd, memfile=memfile)
         except Exception:
             dataset.close()
             memfile.close()
             raise
+
+    @classmethod
+    def from_pil(
+        cls, image: PILImage, gsd: float | None = None, bands: tuple[int, ...] | None = None
+    ) -> Scene:
+        """A PIL image as a scene without georeferencing, through :meth:`from_array`.
+
+        Gray (``L``), 16- and 32-bit gray (``I;16``, ``I``, ``F``), ``RGB`` and ``RGBA`` keep their values;
+        every other mode is converted to ``RGB`` (``RGBA`` when it has transparency, which becomes the
+        validity mask). The pixels are decoded here: a truncated or corrupt image is a :class:`RasterError`.
+        """
+        filename = getattr(image, "filename", "")  # set by Image.open
+        name = f"<PIL image {filename}>" if filename else _PIL_NAME
+        try:
+            if image.mode in ("RGB", "RGBA", "L", "I;16", "I", "F"):
+                array = np.asarray(image)
+            elif image.mode in ("LA", "PA") or "transparency" in image.info:
+                array = np.asarray(image.convert("RGBA"))
+            else:
+                array = np.asarray(image.convert("RGB"))
+        except (OSError, SyntaxError, ValueError) as e:
+            raise RasterError(f"{name}: cannot decode the image, it may be truncated or corrupt ({e})") from e
+        return cls.from_array(array, gsd=gsd, bands=bands, name=name)
+
+    @classmethod
+    def from_dataset(
+        cls, dataset: DatasetReaderBase, gsd: float | None = None, bands: tuple[int, ...] | None = None
+    ) -> Scene:
+        """Wrap an open rasterio dataset; its CRS, transform, nodata and masks are kept as in a file.
+
+        The dataset stays the caller's: :meth:`close` leaves it open. It must not be read from another
+        thread while the scene is in use.
+
+        Raises:
+            RasterError: the dataset is closed or was opened for writing only, or as :func:`open_scene`.
+        """
+        name = str(getattr(dataset, "name", "") or "<dataset>")
+        if dataset.closed:
+            raise RasterError(f"{name}: the rasterio dataset is closed")
+        if dataset.mode not in ("r", "r+"):
+            raise RasterError(
+                f"{name}: the rasterio dataset is open in mode {dataset.mode!r}, not for reading"
+            )
+        return cls(dataset, path=name, bands=bands, gsd=gsd, owns_dataset=False)
 
     # -- reading ------------------------------------------------------------------------------------
 
@@ -206,7 +299,8 @@ class Scene:
         """Read one window as ``(rgb uint8 (rows, cols, 3), valid bool (rows, cols))``.
 
         Args:
-            window: the window in scene pixels; it may pass the scene edge (the outside is zero and invalid).
+            window: the window in scene pixels; it may pass the scene edge (the outside is :data:`PAD_VALUE`
+                gray and invalid).
             out_shape: ``(rows, cols)`` of the result; when it differs from the window size the window is
                 resampled (average when shrinking, bilinear when enlarging).
         """
@@ -214,7 +308,7 @@ class Scene:
         if out_shape is None:
             out_shape = (int(round(win.height)), int(round(win.width)))
         rows, cols = int(out_shape[0]), int(out_shape[1])
-        rgb = np.zeros((rows, cols, 3), np.uint8)
+        rgb = np.full((rows, cols, 3), PAD_VALUE, np.uint8)
         valid = np.zeros((rows, cols), bool)
         if rows <= 0 or cols <= 0 or win.width <= 0 or win.height <= 0:
             return rgb, valid
@@ -239,6 +333,7 @@ class Scene:
                 masks = self._ds.read_masks(self._unique, window=inner, out_shape=(len(self._unique), *shape))
                 ok = (masks > 0).any(axis=0)
                 if not ok.any():
+                    rgb[r0:r1, c0:c1] = 0  # nodata inside the scene stays black; only the outside is padding
                     return rgb, valid
             else:
                 ok = np.ones(shape, bool)
@@ -246,7 +341,7 @@ class Scene:
                 self._unique, window=inner, out_shape=(len(self._unique), *shape), resampling=resampling
             )
         except RasterioError as e:
-            raise RasterError(f"{self.path}: cannot read window {_fmt(win)} ({e})") from e
+            raise RasterError(f"{self.path}: cannot read window {_fmt(win)} ({_gdal_message(e)})") from e
         if self._float:
             ok &= np.isfinite(data).all(axis=0)
         if self._lut is not None:
@@ -261,8 +356,10 @@ class Scene:
     # -- lifetime -----------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the underlying dataset (and the in-memory file of :meth:`from_array`)."""
-        self._ds.close()
+        """Close the underlying dataset (not one passed to :meth:`from_dataset`) and the in-memory file of
+        :meth:`from_array`."""
+        if self._owns_dataset:
+            self._ds.close()
         if self._memfile is not None:
             self._memfile.close()
 
@@ -337,9 +434,26 @@ class Scene:
                 valid.append(ok.reshape(-1))
         except RasterioError as e:
             raise RasterError(
-                f"{self.path}: cannot read the image data, the file may be corrupt ({e})"
+                f"{self.path}: cannot read the image data, the file may be truncated or corrupt "
+                f"({_gdal_message(e)})"
             ) from e
         return np.concatenate(values, axis=1)[:, :, None], np.concatenate(valid)[:, None]
+
+    def _check_decodes(self) -> None:
+        """Fail now, naming the file, when it does not decode to its end (see the module docstring).
+
+        One full-resolution row at the bottom of the scene makes GDAL decode the last row of blocks (and, for
+        formats decoded from the start, PNG and JPEG, the whole file), without holding more than that row.
+        """
+        if self._ds.driver == "PNG" and Path(self.path).is_file():
+            _verify_png(self.path)
+        try:
+            self._ds.read(self._unique, window=Window(0, self.height - 1, self.width, 1))
+        except RasterioError as e:
+            raise RasterError(
+                f"{self.path}: the image data does not decode to the end, the file is truncated or corrupt "
+                f"({_gdal_message(e)})"
+            ) from e
 
     def _warn_if_striped(self) -> None:
         block_rows, block_cols = self._ds.block_shapes[0]
@@ -356,11 +470,14 @@ class Scene:
             )
 
 
-def open_scene(path: str | Path, bands: tuple[int, ...] | None = None, gsd: float | None = None) -> Scene:
+def open_scene(source: SceneSource, bands: tuple[int, ...] | None = None, gsd: float | None = None) -> Scene:
     """Open a raster for windowed reading (use it as a context manager).
 
     Args:
-        path: any raster GDAL reads (GeoTIFF, COG, JPEG, PNG, JPEG 2000, VRT, ``/vsi...`` paths).
+        source: a file name (any raster GDAL reads: GeoTIFF, COG, JPEG, PNG, JPEG 2000, VRT, ``/vsi...``
+            paths), an open rasterio dataset (:meth:`Scene.from_dataset`: its CRS, transform and nodata are
+            kept, and closing the scene leaves it open), a PIL image (:meth:`Scene.from_pil`) or a numpy
+            array (:meth:`Scene.from_array`, which states the rule for band-first and band-last arrays).
         bands: 1-based band indexes to read as ``(red, green, blue)``, or one index for a gray image;
             default: the bands whose colour interpretation is red/green/blue, else the first three, a
             single band replicated to gray, gray + alpha as gray.
@@ -368,8 +485,35 @@ def open_scene(path: str | Path, bands: tuple[int, ...] | None = None, gsd: floa
             for PNG/JPEG files without georeferencing).
 
     Raises:
-        RasterError: missing file, not a raster GDAL can read, unsupported data type, wrong band count,
-            empty scene, every pixel nodata. The message names the file.
+        RasterError: missing file, not a raster GDAL can read, a file truncated or corrupt anywhere,
+            unsupported data type, wrong band count, empty scene, every pixel nodata. The message names the
+            file.
+    """
+    if isinstance(source, np.ndarray):
+        return Scene.from_array(source, gsd=gsd, bands=bands)
+    if isinstance(source, DatasetReaderBase):
+        return Scene.from_dataset(source, gsd=gsd, bands=bands)
+    if _is_pil_image(source):
+        return Scene.from_pil(source, gsd=gsd, bands=bands)
+    if not isinstance(source, (str, Path)):
+        raise RasterError(
+            f"cannot read a scene from a {type(source).__name__}: pass a file name, an open rasterio "
+            f"dataset, a PIL image or a numpy array"
+        )
+    dataset = open_dataset(source)
+    try:
+        return Scene(dataset, path=str(source), bands=bands, gsd=gsd)
+    except Exception:
+        dataset.close()
+        raise
+
+
+def open_dataset(path: str | Path) -> DatasetReaderBase:
+    """``rasterio.open(path)`` with the errors of :func:`open_scene`, and without rasterio's
+    ``NotGeoreferencedWarning`` (a PNG or JPEG without georeferencing is normal input, not a problem).
+
+    Raises:
+        RasterError: missing file, a folder, or not a raster GDAL can read (the message names the file).
     """
     name = str(path)
     if not name.startswith("/vsi") and "://" not in name and not Path(name).exists():
@@ -379,21 +523,74 @@ def open_scene(path: str | Path, bands: tuple[int, ...] | None = None, gsd: floa
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            dataset = rasterio.open(name)
+            return rasterio.open(name)
     except RasterioError as e:
         raise RasterError(f"{name}: not a raster GDAL can read ({e})") from e
+
+
+def _is_pil_image(obj: object) -> TypeGuard[PILImage]:
+    """True for a PIL image, without importing PIL when it is not loaded (then ``obj`` cannot be one)."""
+    pil = sys.modules.get("PIL.Image")
+    return pil is not None and isinstance(obj, pil.Image)
+
+
+def _band_last(arr: np.ndarray, name: str) -> np.ndarray:
+    """The ``(rows, cols, channels)`` view of an image array, by the rule of :meth:`Scene.from_array`."""
+    if arr.ndim not in (2, 3):
+        raise RasterError(
+            f"{name}: expected an image array (rows, cols), (rows, cols, channels) or (channels, rows, cols), "
+            f"got shape {arr.shape}"
+        )
+    if 0 in arr.shape:
+        raise RasterError(f"{name}: empty scene (shape {arr.shape})")
+    if arr.dtype.kind not in "uif":
+        raise RasterError(f"{name}: unsupported data type {arr.dtype} (need integer or real values)")
+    if arr.ndim == 2:
+        return arr[:, :, None]
+    first, middle, last = arr.shape
+    if last <= MAX_ARRAY_CHANNELS and min(first, middle) > MIN_ARRAY_SIDE:
+        return arr
+    if first <= MAX_ARRAY_CHANNELS and min(middle, last) > MIN_ARRAY_SIDE:
+        return np.moveaxis(arr, 0, -1)
+    raise RasterError(
+        f"{name}: cannot tell the channel axis of an array of shape {arr.shape}: expected (rows, cols, "
+        f"channels) or (channels, rows, cols) with 1 to {MAX_ARRAY_CHANNELS} channels and more than "
+        f"{MIN_ARRAY_SIDE} rows and columns"
+    )
+
+
+def _verify_png(path: str) -> None:
+    """Check every chunk of a PNG file through its end marker (PIL's ``verify()``: checksums, no decoding)."""
+    from PIL import Image
+
     try:
-        return Scene(dataset, path=name, bands=bands, gsd=gsd)
-    except Exception:
-        dataset.close()
-        raise
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.verify()
+    except Image.DecompressionBombError:
+        return  # larger than PIL's guard allows: the last-row check of the caller still runs
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, ImportError) as e:
+        # ImportError: Ultralytics' patched Image.open, when PIL cannot identify the file, wants a HEIF plugin
+        raise RasterError(f"{path}: the PNG file is truncated or corrupt ({e})") from e
+
+
+def _gdal_message(error: Exception) -> str:
+    """GDAL's own message behind a rasterio error ("Read failed. See previous exception" is its wrapper)."""
+    cause = error.__cause__ or error.__context__
+    return str(cause or error).strip() or type(error).__name__
 
 
 def _choose_bands(dataset: Any, path: str, bands: tuple[int, ...] | None) -> tuple[int, int, int]:
     """The ``(red, green, blue)`` band indexes, from ``bands`` or from the colour interpretation."""
     count = dataset.count
     if bands is not None:
-        chosen = tuple(int(b) for b in bands)
+        try:
+            chosen = tuple(int(b) for b in bands)
+        except (TypeError, ValueError):
+            raise RasterError(
+                f"{path}: bands must be 1-based band numbers, e.g. (3, 2, 1), got {bands!r}"
+            ) from None
         if len(chosen) not in (1, 3):
             raise RasterError(
                 f"{path}: bands must name 1 (gray) or 3 (red, green, blue) bands, got {bands!r}"

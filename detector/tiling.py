@@ -1,8 +1,14 @@
 """The tile grid: which windows of a scene the model sees, and at what scale (pure functions).
 
 Windows are ``rasterio.windows.Window`` objects in **scene pixels** of the full-resolution raster. Each window
-is read with ``out_shape=(size, size)`` (``size`` is the model's input size), so one tile pixel covers
-``scale`` scene pixels: ``scene = window offset + tile * scale``.
+is read with ``out_shape=(size, size)`` (``size`` is the tile side in model input pixels), so one tile pixel
+covers ``scale`` scene pixels: ``scene = window offset + tile * scale``.
+
+Resolution: a model knows the range of ground sample distances it was trained for (``ModelMeta.gsd_range``,
+metres per pixel). A scene inside the range runs at its own resolution; a finer scene is resampled to the
+range's fine end, a coarser one to its coarse end (:func:`resample_scale`, at most :data:`MAX_ZOOM` either
+way); a scene far coarser than the range (:func:`check_resolution`) is refused unless forced, since its
+"objects" would be larger than anything the model has seen. A scene whose GSD is unknown runs as it is.
 """
 
 from __future__ import annotations
@@ -10,17 +16,22 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from rasterio.windows import Window
 
+from detector.errors import ResolutionError
 from detector.model import STRIDE
 
 logger = logging.getLogger(__name__)
 
-#: Resample only when the scene GSD and the model's training GSD differ by more than this fraction.
+#: A model that knows only one training GSD (``ModelMeta.gsd``) runs scenes within this fraction of it as
+#: they are: its range is ``gsd / (1 + t)`` to ``gsd * (1 + t)``.
 RESAMPLE_TOLERANCE = 0.10
 #: Never zoom a scene by more than this factor in either direction.
 MAX_ZOOM = 4.0
+#: A scene whose GSD is coarser than the model's coarsest training GSD times this is refused (unless forced).
+RESOLUTION_FACTOR = 2.0
 
 
 @dataclass(frozen=True)
@@ -33,14 +44,20 @@ class TileConfig:
             their ``imgsz``.
         overlap: overlap between neighbouring tiles: a fraction of the tile below 1, pixels from 1 up.
         batch: tiles per model call.
-        resample: resample the scene to the model's training GSD when both are known and differ by more
-            than 10 %.
+        resample: resample a scene whose GSD is known into the model's training GSD range (see the module
+            docstring).
+        fit: for models that run non-square tiles, fit the tile to a scene shorter than it along one axis (a
+            strip, a small chip; see :func:`plan_tiles`) instead of padding most of it.
+        coarse: also run the whole scene once, downscaled to one tile, and merge what it finds with the
+            tiled result (for objects larger than a tile; see :func:`coarse_plan`).
     """
 
     tile: int | None = None
     overlap: float = 0.2
     batch: int = 8
     resample: bool = True
+    fit: bool = True
+    coarse: bool = False
 
     def __post_init__(self) -> None:
         if self.tile is not None and (int(self.tile) != self.tile or self.tile < 1):
@@ -74,31 +91,44 @@ class TilePlan:
 
     Attributes:
         windows: windows in scene pixels, row-major order.
-        size: side of every tile in model input pixels (the ``out_shape`` of each read).
+        size: side of every tile in model input pixels (the ``out_shape`` of each read), or the long side of
+            non-square tiles.
         scale: scene pixels per tile pixel (1.0 when the scene is not resampled).
+        shape: ``(rows, cols)`` of non-square tiles in model input pixels (fitted to a strip or a small
+            scene, see :func:`plan_tiles`); ``None`` for square ``size`` x ``size`` tiles.
     """
 
     windows: list[Window]
     size: int
     scale: float
+    shape: tuple[int, int] | None = None
+
+    @property
+    def out_shape(self) -> tuple[int, int]:
+        """``(rows, cols)`` of every tile in model input pixels."""
+        return self.shape or (self.size, self.size)
 
 
-def tile_grid(width: int, height: int, tile: int, overlap_px: int) -> list[Window]:
+def tile_grid(
+    width: int, height: int, tile: int, overlap_px: int, *, tile_rows: int | None = None
+) -> list[Window]:
     """Square windows covering a ``width`` x ``height`` scene, in row-major order.
 
     Tiles step by ``tile - overlap_px``; the last tile of a row or column is shifted back to end at the scene
     edge, so every tile is full. Along an axis shorter than the tile there is one tile starting at 0 that
-    passes the edge (the read pads it).
+    passes the edge (the read pads it). ``tile_rows`` makes the windows ``tile`` wide and ``tile_rows`` high
+    (the overlap is then at most ``tile_rows - 1`` between rows).
     """
-    if tile < 1:
-        raise ValueError(f"tile must be a positive number of pixels, got {tile!r}")
+    rows_px = tile if tile_rows is None else int(tile_rows)
+    if tile < 1 or rows_px < 1:
+        raise ValueError(f"tile must be a positive number of pixels, got {tile!r} x {tile_rows!r}")
     if not 0 <= overlap_px < tile:
         raise ValueError(f"overlap_px must be in [0, {tile}) for a {tile} px tile, got {overlap_px!r}")
     if width < 1 or height < 1:
         raise ValueError(f"scene size must be positive, got {width}x{height}")
     cols = _offsets(width, tile, tile - overlap_px)
-    rows = _offsets(height, tile, tile - overlap_px)
-    return [Window(c, r, tile, tile) for r in rows for c in cols]
+    rows = _offsets(height, rows_px, rows_px - min(overlap_px, rows_px - 1))
+    return [Window(c, r, tile, rows_px) for r in rows for c in cols]
 
 
 def _offsets(size: int, tile: int, stride: int) -> list[int]:
@@ -108,40 +138,178 @@ def _offsets(size: int, tile: int, stride: int) -> list[int]:
     return [min(i * stride, size - tile) for i in range(n)]
 
 
+def model_gsd_range(meta: Any) -> tuple[float, float] | None:
+    """The GSD range ``(finest, coarsest)`` in m/px a model was trained for, or ``None`` when unknown.
+
+    ``meta.gsd_range`` when the model file carries one; else a narrow range around ``meta.gsd`` (see
+    :data:`RESAMPLE_TOLERANCE`); else ``None``.
+    """
+    rng = getattr(meta, "gsd_range", None)
+    if rng:
+        lo, hi = (float(v) for v in rng)
+        return (lo, hi)
+    gsd = getattr(meta, "gsd", None)
+    return point_range(float(gsd)) if gsd else None
+
+
+def point_range(gsd: float) -> tuple[float, float]:
+    """The range of a model that knows one training GSD: within :data:`RESAMPLE_TOLERANCE` of it."""
+    return (gsd / (1 + RESAMPLE_TOLERANCE), gsd * (1 + RESAMPLE_TOLERANCE))
+
+
+def _check_range(gsd_range: tuple[float, float]) -> tuple[float, float]:
+    lo, hi = (float(v) for v in gsd_range)
+    if not 0 < lo <= hi or not math.isfinite(hi):
+        raise ValueError(f"a GSD range must be 0 < finest <= coarsest (m/px), got {gsd_range!r}")
+    return lo, hi
+
+
+def format_gsd(gsd: float) -> str:
+    """``300`` -> ``"300"``, ``0.125`` -> ``"0.125"``, ``1234.5`` -> ``"1234"`` (for messages)."""
+    return f"{gsd:.3g}" if gsd < 1000 else f"{gsd:.0f}"
+
+
+def check_resolution(
+    scene_gsd: float | None,
+    gsd_range: tuple[float, float] | None,
+    *,
+    factor: float = RESOLUTION_FACTOR,
+    force: bool = False,
+    source: str = "",
+) -> None:
+    """Refuse a scene far coarser than the model's training range.
+
+    Args:
+        scene_gsd: the scene's metres per pixel (``None``: unknown, always accepted).
+        gsd_range: the model's ``(finest, coarsest)`` training GSD (``None``: unknown, always accepted).
+        factor: refuse scenes coarser than ``coarsest * factor``; ``None``-like ``0`` or ``inf`` never refuses.
+        force: only log a warning instead of refusing.
+        source: the scene's name, for the message.
+
+    Raises:
+        ResolutionError: ``scene_gsd > coarsest * factor`` and not ``force``; one line naming the scene's GSD
+            and the model's range.
+    """
+    if not scene_gsd or not gsd_range or not factor or not math.isfinite(factor):
+        return
+    lo, hi = _check_range(gsd_range)
+    if scene_gsd <= hi * factor:
+        return
+    what = (
+        f"scene GSD {format_gsd(scene_gsd)} m/px is far coarser than the model's range "
+        f"{format_gsd(lo)}-{format_gsd(hi)} m/px"
+    )
+    if force:
+        logger.warning("%s: %s; running anyway (forced)", source or "scene", what)
+        return
+    raise ResolutionError(f"{source + ': ' if source else ''}{what}; pass --force-resolution to run anyway")
+
+
+def resample_scale(
+    scene_gsd: float | None, gsd_range: tuple[float, float] | None, model_gsd: float | None = None
+) -> float:
+    """Scene pixels per tile pixel that bring ``scene_gsd`` into ``gsd_range`` (1.0 when inside or unknown).
+
+    A finer scene is shrunk to the range's fine end (scale > 1), a coarser one enlarged to its coarse end
+    (scale < 1); never by more than :data:`MAX_ZOOM` (with a warning). A model with a single training GSD
+    (``model_gsd``, no range) gets scenes more than :data:`RESAMPLE_TOLERANCE` off resampled to that GSD.
+    """
+    if not scene_gsd or not (gsd_range or model_gsd):
+        return 1.0
+    if gsd_range:
+        lo, hi = _check_range(gsd_range)
+        target = min(max(scene_gsd, lo), hi)
+    else:
+        lo = hi = float(model_gsd)  # type: ignore[arg-type]
+        target = hi if abs(hi / scene_gsd - 1.0) > RESAMPLE_TOLERANCE else scene_gsd
+    if target == scene_gsd:
+        return 1.0
+    ratio = target / scene_gsd
+    scale = min(max(ratio, 1 / MAX_ZOOM), MAX_ZOOM)
+    if scale != ratio:
+        logger.warning(
+            "scene GSD %s m is outside the model's range %s-%s m by %.3gx; resampling only %.3gx",
+            format_gsd(scene_gsd),
+            format_gsd(lo),
+            format_gsd(hi),
+            ratio if ratio > 1 else 1 / ratio,
+            scale if scale > 1 else 1 / scale,
+        )
+    return scale
+
+
+def fitted_size(extent: float, size: int, min_size: int = STRIDE) -> int:
+    """The tile side along an axis where the scene is ``extent`` tile pixels long: ``size``, or, when the
+    scene is shorter than that, the extent rounded up to a multiple of 32 (at least ``min_size``).
+
+    A strip of 1764 x 430 px then runs on 1024 x 448 px tiles instead of 1024 px squares that are 58 %
+    padding (what Ultralytics' rectangular letterbox does for one image).
+    """
+    if extent >= size:
+        return size
+    fitted = max(STRIDE, math.ceil(extent / STRIDE) * STRIDE)
+    min_size = math.ceil(max(min_size, STRIDE) / STRIDE) * STRIDE
+    return min(size, max(fitted, min_size))
+
+
 def plan_tiles(
     width: int,
     height: int,
     config: TileConfig,
     imgsz: int,
     scene_gsd: float | None = None,
+    gsd_range: tuple[float, float] | None = None,
+    *,
     model_gsd: float | None = None,
+    fit: bool = False,
+    min_size: int = STRIDE,
 ) -> TilePlan:
-    """The tile grid of a scene, resampled to the model's GSD when asked and both GSDs are known.
+    """The tile grid of a scene, resampled into the model's GSD range when asked and both are known.
 
     Args:
         width, height: scene size in pixels.
         config: tile size, overlap and resampling switch.
         imgsz: the model's input size (the tile size when ``config.tile`` is None).
-        scene_gsd, model_gsd: metres per pixel of the scene and of the model's training data.
+        scene_gsd: metres per pixel of the scene (``None``: unknown, no resampling).
+        gsd_range: ``(finest, coarsest)`` metres per pixel of the model's training data.
+        model_gsd: a single training GSD, for models without a range (see :func:`resample_scale`).
+        fit: the model runs non-square tiles (any multiple of 32 on each side): along an axis where the
+            scene is shorter than the tile (a strip, a small chip), the tile is cut down to the scene
+            (:func:`fitted_size`) instead of padded, unless ``config.fit`` is off. The other axis keeps the
+            full tile, so no object is cut more often than with square tiles.
+        min_size: the smallest tile side the model accepts (for ``fit``).
     """
     size = int(config.tile or imgsz)
+    scale = resample_scale(scene_gsd, gsd_range, model_gsd) if config.resample else 1.0
     overlap = config.overlap_px(size)
-    scale = 1.0
-    if config.resample and scene_gsd and model_gsd:
-        ratio = model_gsd / scene_gsd
-        if abs(ratio - 1.0) > RESAMPLE_TOLERANCE:
-            scale = ratio
-            if not 1 / MAX_ZOOM <= ratio <= MAX_ZOOM:
-                scale = min(max(ratio, 1 / MAX_ZOOM), MAX_ZOOM)
-                logger.warning(
-                    "scene GSD %.3g m differs from the model's %.3g m by %.3gx; resampling only %.3gx",
-                    scene_gsd,
-                    model_gsd,
-                    ratio,
-                    scale,
-                )
-    if scale == 1.0:
-        return TilePlan(tile_grid(width, height, size, overlap), size, 1.0)
-    window = max(1, int(round(size * scale)))
-    window_overlap = min(int(round(overlap * scale)), window - 1)
-    return TilePlan(tile_grid(width, height, window, window_overlap), size, window / size)
+    window, window_overlap = size, overlap
+    if scale != 1.0:
+        window = max(1, int(round(size * scale)))
+        window_overlap = min(int(round(overlap * scale)), window - 1)
+        scale = window / size
+    rows_px = cols_px = size
+    if fit and config.fit:
+        cols_px = fitted_size(width / scale, size, min_size)
+        rows_px = fitted_size(height / scale, size, min_size)
+    if rows_px == cols_px == size:
+        return TilePlan(tile_grid(width, height, window, window_overlap), size, scale)
+    # one tile along each fitted axis: its window covers the scene's extent there
+    win_w = window if cols_px == size else max(1, int(round(cols_px * scale)))
+    win_h = window if rows_px == size else max(1, int(round(rows_px * scale)))
+    windows = tile_grid(width, height, win_w, min(window_overlap, win_w - 1), tile_rows=win_h)
+    return TilePlan(windows, max(rows_px, cols_px), scale, shape=(rows_px, cols_px))
+
+
+def coarse_plan(width: int, height: int, size: int, scale: float = 1.0) -> TilePlan | None:
+    """One tile holding the whole scene, downscaled: a square window from ``(0, 0)`` as wide as the scene's
+    long side, read at ``size`` x ``size`` (the part past the scene edge is padding).
+
+    Objects larger than a tile, which the tiles see only in pieces, are whole there (SAHI's "standard
+    prediction"). ``None`` when the scene already fits one tile of the tiled plan (``scale`` scene pixels
+    per tile pixel), so the coarse tile would add nothing.
+    """
+    side = max(int(width), int(height))
+    coarse = side / size
+    if coarse <= scale * (1 + RESAMPLE_TOLERANCE):
+        return None
+    return TilePlan([Window(0, 0, side, side)], size, coarse)

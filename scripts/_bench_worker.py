@@ -19,7 +19,7 @@ For ``ours`` and ``sahi``, the peak RSS reported is the one reached by the end o
 on real tiles of the scene, batched as the pipeline batched them, input normalised before the clock starts),
 and both can run an accuracy pass at a low confidence (``ap_conf``) whose detections are saved for the AP.
 Detections are saved as ``.npz`` (``xyxy``, ``xywhr``, ``scores``, ``class_ids`` in scene pixels, class ids of
-:data:`detector.backends.base.TAXONOMY`).
+the classes of ``configs/taxonomy.yaml``, :func:`detector.taxonomy.default_classes`).
 """
 
 from __future__ import annotations
@@ -166,8 +166,10 @@ def sahi_to_arrays(
     Ultralytics' ``xyxyxyxy`` order: ``w = |p0 - p3|``, ``h = |p0 - p1|``, angle of ``p0 - p3``); it is
     ``None`` when SAHI gave no polygons. Raw classes outside ``class_map`` are dropped, as our backends do.
     """
-    from detector.backends.base import TAXONOMY
+    from detector.backends.decode import default_names
     from detector.backends.onnx import regularize_rboxes
+
+    names = default_names(class_map)
 
     xyxy, polys, scores, cls = [], [], [], []
     for p in predictions:
@@ -176,7 +178,7 @@ def sahi_to_arrays(
             continue
         xyxy.append(p.bbox.to_xyxy())
         scores.append(float(p.score.value))
-        cls.append(TAXONOMY.index(ours))
+        cls.append(names.index(ours))
         seg = p.mask.segmentation if getattr(p, "mask", None) is not None else None
         polys.append(np.asarray(seg[0], np.float64).reshape(-1, 2) if seg and len(seg[0]) == 8 else None)
     n = len(xyxy)

@@ -135,16 +135,16 @@ def _kill_group(pid: int) -> None:
 
 
 def load_npz(path: Path) -> Any:
-    """Detections saved by a worker (scene pixels, our taxonomy)."""
-    from detector.backends.base import TAXONOMY
+    """Detections saved by a worker (scene pixels, class ids of the taxonomy's classes)."""
     from detector.detections import Detections
+    from detector.taxonomy import default_classes
 
     z = np.load(path)
     return Detections(
         xyxy=z["xyxy"],
         scores=z["scores"],
         class_ids=z["class_ids"],
-        class_names=TAXONOMY,
+        class_names=default_classes(),
         xywhr=z["xywhr"] if bool(z["rotated"]) else None,
     )
 

@@ -16,9 +16,11 @@ from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
 from scipy import ndimage
 
-from detector.backends.base import TAXONOMY, ModelMeta
+from detector.backends.base import ModelMeta
 from detector.detections import Detections
+from detector.taxonomy import default_classes
 
+TAXONOMY = default_classes()  # our classes in id order (configs/taxonomy.yaml)
 WHITE = (255, 255, 255)
 YELLOW = (255, 255, 0)
 UTM33 = CRS.from_epsg(32633)

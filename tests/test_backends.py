@@ -7,9 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detector.backends import onnx as B
-from detector.backends.base import TAXONOMY, ModelMeta, Predictor
+from detector.backends import decode as B
+from detector.backends.base import ModelMeta, Predictor
 from detector.geometry import corners_to_xyxy, xywhr_to_corners
+from detector.taxonomy import default_classes
+
+TAXONOMY = default_classes()  # our classes in id order (configs/taxonomy.yaml)
 
 DEMO_CHIP = "dota/demo/images/P1478__1__853___962.png"
 DOTA_NAMES = tuple(f"c{i}" for i in range(15))
@@ -226,7 +229,7 @@ def torch_two_threads():
 
 @pytest.fixture(scope="module")
 def obb_onnx(pretrained_pt: Path, tmp_path_factory, torch_two_threads) -> Path:
-    from detector.model import export_onnx
+    from training.export import export_onnx
 
     return export_onnx(pretrained_pt, tmp_path_factory.mktemp("obb") / "v8obb.onnx", imgsz=SMALL, name="t")
 
@@ -279,7 +282,8 @@ def test_onnx_and_torch_predictors_agree_at_other_tile_sizes(obb_onnx, pretraine
     from PIL import Image
 
     from detector.backends.torch import TorchPredictor
-    from detector.model import load_predictor, n_anchors
+    from detector.backends.decode import n_anchors
+    from detector.model import load_predictor
 
     im = np.asarray(Image.open(shared_data / DEMO_CHIP).convert("RGB"))
     tiles = np.stack([im[:size, :size], im[300 : 300 + size, 500 : 500 + size]])
@@ -323,7 +327,7 @@ def test_predict_cli_with_tile(obb_onnx, shared_data, tmp_path):
     args = ["predict", str(scene), "-o", str(tmp_path / "out"), "-w", str(obb_onnx), "--threads", "2"]
     r = runner.invoke(cli.cli, [*args, "--tile", "160", "-f", "geojson", "--no-quicklook"])
     assert r.exit_code == 0, r.output
-    features = json.loads((tmp_path / "out" / "chip.geojson").read_text())["features"]
+    features = json.loads((tmp_path / "out" / "chip.px.geojson").read_text())["features"]
     assert len(features) > 5  # a car park
     dets = Detector.load(obb_onnx, threads=2).predict(scene, tile=TileConfig(tile=160))
     assert dets.meta["tile"] == 160 and dets.meta["tiles"] == 9 and len(dets) == len(features)
@@ -415,7 +419,8 @@ def _tiny_detect_pt(path: Path, yaml: str, imgsz: int = 128) -> Path:
 def test_tiny_detect_model_onnx_vs_torch(tmp_path, torch_two_threads, yaml, end_to_end):
     from detector.backends.onnx import OnnxPredictor
     from detector.backends.torch import TorchPredictor
-    from detector.model import export_onnx, read_meta
+    from detector.model import read_meta
+    from training.export import export_onnx
 
     pt = _tiny_detect_pt(tmp_path / "tiny.pt", yaml)
     # Random YOLO26 weights make absurd boxes (|coords| ~ 1000 px, no DFL) whose float32 differences reach

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import rasterio
 
-from detector.backends.base import TAXONOMY
 from detector.labels import Annotation, LabeledImage
+from detector.taxonomy import default_classes
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -127,7 +127,7 @@ def test_sahi_predictions_become_our_detections() -> None:
     xyxy, rboxes, scores, cls = worker.sahi_to_arrays(preds, class_map)
     np.testing.assert_array_equal(xyxy, [[1, 2, 3, 4], [9, 10, 11, 12]])
     np.testing.assert_allclose(scores, [0.9, 0.7], rtol=1e-6)
-    assert [TAXONOMY[c] for c in cls] == ["aircraft", "small-vehicle"]
+    assert [default_classes()[c] for c in cls] == ["aircraft", "small-vehicle"]
     from detector.backends.onnx import regularize_rboxes
 
     np.testing.assert_allclose(rboxes, regularize_rboxes(xywhr), atol=1e-4)

@@ -10,9 +10,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from detector.backends.base import TAXONOMY
+from detector.errors import LabelError, RasterError
 from training.chips import BuildConfig, BuildError, build, chip_starts, same_content
 
+TAXONOMY = ("aircraft", "helicopter", "small-vehicle", "large-vehicle")
 TAXONOMY_YAML = {
     "classes": list(TAXONOMY),
     "datasets": {"toy": {"plane": "aircraft", "car": "small-vehicle", "ship": "ignore"}},
@@ -122,6 +123,7 @@ def test_clipping_at_chip_borders(tmp_path: Path) -> None:
     np.testing.assert_array_equal(chip, img[:, 64:128])
     data = yaml.safe_load((tmp_path / "out" / "data.yaml").read_text())
     assert data["names"] == dict(enumerate(TAXONOMY)) and data["train"] == "images/train"
+    assert data["taxonomy"] == str((tmp_path / "taxonomy.yaml").resolve())
     assert (tmp_path / "out" / "READY").is_file()
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["splits"]["train"]["chips"] == 2
 
@@ -256,6 +258,48 @@ def test_config_errors(tmp_path: Path) -> None:
     with pytest.raises(BuildError, match="refusing to overwrite"):
         build(_config(tmp_path, [_src("a", "a")]), out=tmp_path / "notours")
     assert (tmp_path / "notours" / "precious.txt").is_file()
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"out": None}, r"missing key\(s\) \['out'\]"),  # None: the key is left out
+        ({"sources": {"a": 1}}, "`sources` must be a list"),
+        ({"sources": ["gdit"]}, r"source #0 must be a mapping"),
+        ({"sources": [{"name": "a"}]}, r"source #0 \(a\): needs a `name` and a `dataset` mapping"),
+        ({"sources": [{"name": "a", "dataset": {}, "scales": ["fast"]}]}, r"source #0 \(a\): bad value"),
+        ({"chip": "large"}, r"bad value"),
+    ],
+)
+def test_malformed_build_config_values(tmp_path: Path, change: dict, problem: str) -> None:
+    data = {"name": "x", "out": str(tmp_path / "o"), "sources": [_src("a", "a")], **change}
+    path = tmp_path / "build.yaml"
+    path.write_text(yaml.safe_dump({k: v for k, v in data.items() if v is not None}))
+    with pytest.raises(BuildError, match=rf"build\.yaml: {problem}"):
+        BuildConfig.from_yaml(path)
+
+
+def test_failed_build_leaves_no_staging_folder(tmp_path: Path) -> None:
+    root = tmp_path / "data" / "a"
+    _scene(root, "P0001", (128, 64), [("plane", 10, 10, 30, 30)])
+    cfg = _config(tmp_path, [_src("a", "a")])
+    build(cfg)  # a good dataset first: a failed rebuild must leave it as it was
+    before = sorted(p.relative_to(tmp_path / "out") for p in (tmp_path / "out").rglob("*"))
+    stage = tmp_path / "out.building"
+    # a bad label line: the readers stop the build
+    (root / "labelTxt" / "P0001.txt").write_text("10 10 20 20 30 30 40 40 plane 0\n")  # no area
+    with pytest.raises(LabelError, match=r"P0001\.txt:1: polygon has no area"):
+        build(cfg)
+    assert not stage.exists()
+    # an image whose header reads but whose pixels are cut: the build stops while writing chips
+    _scene(root, "P0001", (128, 64), [("plane", 10, 10, 30, 30)])
+    _scene(root, "P0002", (128, 64), [("plane", 10, 10, 30, 30)])
+    img = root / "images" / "P0002.png"
+    img.write_bytes(img.read_bytes()[:2000])
+    with pytest.raises(RasterError, match=r"P0002\.png: cannot decode the image"):
+        build(cfg)
+    assert not stage.exists()
+    assert sorted(p.relative_to(tmp_path / "out") for p in (tmp_path / "out").rglob("*")) == before
 
 
 def test_shipped_configs_parse() -> None:

@@ -7,6 +7,7 @@ writes depends on the generated scene, and the full pipeline (raster reads, tili
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +17,14 @@ from affine import Affine
 from click.testing import CliRunner
 
 from detector import cli
-from detector.backends.base import TAXONOMY, ModelMeta
+from detector.backends.base import ModelMeta
 from detector.detections import Detections
+from detector.taxonomy import default_classes
 
 pyogrio = pytest.importorskip("pyogrio")
 
 ROOT = Path(__file__).resolve().parents[1]
+TAXONOMY = default_classes()  # our classes in id order (configs/taxonomy.yaml)
 
 
 class BrightBoxPredictor:
@@ -142,10 +145,9 @@ def test_predict_writes_every_format(tmp_path: Path, fake_model: dict) -> None:
     assert r.exit_code == 0, r.output
     assert fake_model["conf"] == 0.3 and fake_model["path"] is None
     names = sorted(p.name for p in out.iterdir())
+    endings = (".csv", ".gpkg", ".coco.json", cli.QUICKLOOK_SUFFIX)
     assert names == sorted(
-        f"{s}{e}"
-        for s in ("geo", "plain")
-        for e in (".geojson", ".csv", ".gpkg", ".coco.json", cli.QUICKLOOK_SUFFIX)
+        ["geo.geojson", "plain.px.geojson", *(f"{s}{e}" for s in ("geo", "plain") for e in endings)]
     )
     gj = json.loads((out / "geo.geojson").read_text())
     assert len(gj["features"]) == 1
@@ -154,7 +156,7 @@ def test_predict_writes_every_format(tmp_path: Path, fake_model: dict) -> None:
     assert [p["px_xmin"], p["px_ymin"], p["px_xmax"], p["px_ymax"]] == [10, 12, 30, 20]
     lon, lat = np.asarray(gj["features"][0]["geometry"]["coordinates"][0]).mean(0)
     assert 15.0 < lon < 15.001 and 36.0 < lat < 36.2  # UTM 33N, 500 km east, 4000 km north
-    plain = json.loads((out / "plain.geojson").read_text())
+    plain = json.loads((out / "plain.px.geojson").read_text())
     assert "image pixels" in plain["coordinates"]
     assert "not georeferenced" in r.stderr or "no georeferencing" in r.stderr
     assert pyogrio.read_info(out / "geo.gpkg")["crs"] == "EPSG:32633"
@@ -230,6 +232,13 @@ def test_debug_shows_the_traceback(tmp_path: Path, fake_model: dict) -> None:
         (["--bands", "r,g,b"], "band numbers"),
         (["--device", "tpu"], "cpu, cuda or cuda:N"),
         (["--conf", "2"], "--conf"),
+        (["--tile", "8192"], "4096"),
+        (["--tile", "64", "--overlap", "64"], "64 px is not smaller than the 64 px tile"),
+        (["--overlap", "inf"], "finite"),
+        (["--gsd", "inf"], "finite"),
+        (["--gsd", "nan"], "finite"),
+        (["--runtime", "tensorrt"], "'tensorrt' is not one of 'onnxruntime', 'openvino'"),
+        (["--layer-per-crs"], "needs a .gpkg output file"),
     ],
 )
 def test_usage_errors_exit_2(tmp_path: Path, fake_model: dict, args: list[str], message: str) -> None:
@@ -323,6 +332,118 @@ def test_expand_sources(tmp_path: Path) -> None:
     assert missing == [("/no/x.tif", "file not found")]
 
 
+def test_help_states_the_bounds() -> None:
+    r = run("predict", "--help")
+    assert r.exit_code == 0 and "at most 4096" in r.stdout and "smaller than the tile" in r.stdout
+
+
+def test_existing_outputs_are_not_overwritten(tmp_path: Path, fake_model: dict) -> None:
+    a = make_scene(tmp_path / "a.tif")
+    out = tmp_path / "out"
+    assert run("predict", a, "-o", out, "-f", "geojson,csv").exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    make_scene(a, box=(0, 0, 8, 8))  # the scene changed: a second run would give other outputs
+    r = run("predict", a, "-o", out, "-f", "geojson")
+    assert r.exit_code == 1
+    one_error_line(r, str(out / "a.geojson"), "already exists", "--overwrite")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    r = run("predict", a, "-o", out, "-f", "geojson", "--overwrite")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a.geojson",
+        f"a{cli.QUICKLOOK_SUFFIX}",
+    ]  # a.csv was stale
+    assert json.loads((out / "a.geojson").read_text())["features"][0]["properties"]["px_xmax"] == 8
+
+
+def test_a_symbolic_link_loop_says_so(tmp_path: Path, fake_model: dict) -> None:
+    loop = tmp_path / "loop.tif"
+    loop.symlink_to(loop)
+    one_error_line(run("predict", loop, "-o", tmp_path / "out"), "loop.tif", "symbolic link loop")
+
+
+def test_ctrl_c_lists_the_scenes_that_never_ran(
+    tmp_path: Path, fake_model: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from detector.pipeline import Detector
+
+    scenes = [make_scene(tmp_path / f"{k}.tif") for k in "abc"]
+    real = Detector.predict
+
+    def predict(self: Detector, source: object, **kw: object) -> Detections:
+        if str(source).endswith("b.tif"):
+            raise KeyboardInterrupt
+        return real(self, source, **kw)
+
+    monkeypatch.setattr(Detector, "predict", predict)
+    r = run("predict", *scenes, "-o", tmp_path / "out", "--no-quicklook")
+    assert r.exit_code == 130 and "Traceback" not in r.output
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: interrupted; 2 of 3 scenes never ran: {scenes[1]}, {scenes[2]}"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.geojson"]
+    assert "total (1 scenes)" in r.stdout
+
+
+def test_progress_lines_without_a_terminal(
+    tmp_path: Path, fake_model: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from detector.cli import progress
+
+    big = make_scene(tmp_path / "big.tif", size=(200, 150))
+    args = ("predict", big, "-o", tmp_path / "out", "--tile", "64", "--batch", "1", "--no-quicklook")
+    r = run(*args)
+    assert r.exit_code == 0 and "tiles" not in r.stderr  # a short scene: no line within 30 s
+    monkeypatch.setattr(progress, "LINE_INTERVAL_S", 0.0)
+    r = run(*args, "--overwrite")
+    lines = [line for line in r.stderr.splitlines() if line.startswith("[1/1]")]
+    assert lines and all(line.startswith(f"[1/1] {big}: ") and line.endswith(" tiles") for line in lines)
+    done, total = lines[-1].split(": ")[1].split()[0].split("/")
+    assert int(total) == 12 and int(done) < 12  # 4 x 3 tiles of 64 px
+
+
+def test_one_file_for_the_batch(tmp_path: Path, fake_model: dict) -> None:
+    for d in ("x", "y"):
+        (tmp_path / d).mkdir()
+        make_scene(tmp_path / d / "scene.tif")
+    target = tmp_path / "all.gpkg"
+    sources = [str(tmp_path / "x" / "scene.tif"), str(tmp_path / "y" / "scene.tif")]
+    r = run("predict", *sources, "-o", target)
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all.gpkg", "x", "y"]  # no quicklooks unless asked
+    table = pyogrio.read_dataframe(target)
+    assert sorted(table["scene"]) == sources and pyogrio.read_info(target)["crs"] == "EPSG:32633"
+    one_error_line(run("predict", *sources, "-o", target), "all.gpkg", "already exists")
+    r = run("predict", *sources, "-o", tmp_path / "all.csv", "-f", "geojson")
+    assert r.exit_code == 2 and "leave out -f" in r.stderr
+    r = run("predict", *sources, "-o", tmp_path / "all.csv", "--layer-per-crs")
+    assert r.exit_code == 2 and "only for .gpkg" in r.stderr
+
+
+def test_predict_imports_no_torch(tmp_path: Path) -> None:
+    """The deployable path: ``detector predict`` on an ONNX model never imports torch or the training code."""
+    import subprocess
+    import sys
+
+    onnx = ROOT / "weights" / "detector.onnx"
+    if not onnx.is_file():
+        pytest.skip(f"{onnx} missing: run `make setup`")
+    scene = make_scene(tmp_path / "a.tif", size=(96, 64))
+    code = (
+        "import sys\n"
+        "from detector.cli import main\n"
+        "try:\n"
+        f"    main(['-q', 'predict', {str(scene)!r}, '-o', {str(tmp_path / 'out')!r}, '-w', {str(onnx)!r},"
+        " '--threads', '1', '--no-quicklook'])\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "print(sorted(m for m in ('torch', 'ultralytics', 'training') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "out" / "a.geojson").is_file()
+
+
 # ------------------------------------------------------------------------------------------------ info, export
 
 
@@ -355,6 +476,34 @@ def test_info_raster(tmp_path: Path) -> None:
     striped = make_scene(tmp_path / "striped.tif")
     r = run("info", striped)
     assert r.exit_code == 0 and "striped" in r.stdout and "EPSG:32633" in r.stdout
+
+
+def test_info_png_is_quiet_and_says_not_georeferenced(tmp_path: Path) -> None:
+    r = run("info", make_scene(tmp_path / "plain.png", georef=False))
+    assert r.exit_code == 0, r.output
+    assert "Warning" not in r.output and "warning" not in r.stderr
+    assert re.search(r"^georeferencing\s+none \(image pixels\)$", r.stdout, re.MULTILINE)
+
+
+def test_info_transform_without_crs(tmp_path: Path) -> None:
+    path = tmp_path / "nocrs.tif"
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=20,
+        height=10,
+        count=3,
+        dtype="uint8",
+        transform=Affine(0.5, 0, 100, 0, -0.5, 200),
+    ) as dst:
+        dst.write(np.zeros((3, 10, 20), np.uint8))
+    r = run("info", "--json", path)
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    assert info["georeferencing"] == "has a geotransform but no CRS" and info["crs"] == "none"
+    assert info["bounds"] == [100.0, 195.0, 110.0, 200.0]
+    assert "not georeferenced" not in r.output
 
 
 def test_info_errors(tmp_path: Path) -> None:
@@ -435,7 +584,9 @@ def test_train_passes_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
     seen: list = []
     fake = types.SimpleNamespace(main=lambda argv: seen.append(argv) or 0)
-    monkeypatch.setattr(cli, "_import_training", lambda name: fake)
+    from detector.cli import train as train_cmd
+
+    monkeypatch.setattr(train_cmd, "import_training", lambda name: fake)
     cfg = tmp_path / "c.yaml"
     cfg.write_text("{}")
     r = run("train", cfg, "epochs=3", "augment.rot90=0.5")

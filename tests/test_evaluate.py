@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detector.backends.base import TAXONOMY
 from detector.detections import Detections
+from detector.errors import ConfigError
 from detector.evaluate import (
     IOU_THRESHOLDS,
     RECALL_POINTS,
@@ -32,6 +32,9 @@ from detector.evaluate import (
 )
 from detector.geometry import box_iou_xyxy, corners_to_xyxy, xywhr_to_corners
 from detector.labels import Annotation, LabeledImage
+from detector.taxonomy import default_classes
+
+TAXONOMY = default_classes()  # our classes in id order (configs/taxonomy.yaml)
 
 # ----------------------------------------------------------------------------------------------------------------
 # helpers
@@ -494,6 +497,37 @@ def test_eval_config_sets_read_from_real_data(shared_data):
     assert len(few) == 5 and few[0].image.name < few[-1].image.name
     with pytest.raises(ValueError, match="not in the eval config"):
         load_eval_set("nope", shared_data, config=cfg)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("just some words\n", r"an eval config must be a YAML mapping with a `sets:` key, got str"),
+        ("- a\n- b\n", "an eval config must be a YAML mapping .* got list"),
+        ("sets: [a, b]\n", "expected a `sets:` mapping"),
+        ("sets: {a: hrplanes}\n", r"eval set 'a' must be a mapping \(a dataset spec\), got 'hrplanes'"),
+        ("sets: {a: {format: coco}}\nconf: high\n", r"`conf` must be a number in \[0, 1\], got 'high'"),
+        ("sets: {a: {format: coco, iou_type: mask}}\n", r"eval set 'a': `iou_type` must be one of"),
+        ("sets: {a: {format: coco, classes: aircraft}}\n", r"eval set 'a': `classes` must be a list"),
+        ("sets: {a: [1\n", "cannot read the eval config"),
+    ],
+)
+def test_malformed_eval_config_is_a_config_error_naming_the_file(tmp_path, text, problem):
+    path = tmp_path / "eval.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"^{path}: {problem}"):
+        load_eval_config(path)
+
+
+def test_eval_config_missing_and_unknown_set(tmp_path):
+    with pytest.raises(ConfigError, match=r"eval config .*nope\.yaml not found"):
+        load_eval_config(tmp_path / "nope.yaml")
+    (tmp_path / "eval.yaml").write_text("sets: {a: {format: coco, path: a.json}}\n")
+    cfg = load_eval_config(tmp_path / "eval.yaml")
+    with pytest.raises(ConfigError, match=r"eval set 'b' is not in the eval config; known sets: a"):
+        load_eval_set("b", tmp_path, config=cfg)
+    with pytest.raises(ConfigError, match=r"eval set 'a': .*a\.json not found"):
+        load_eval_set("a", tmp_path, config=cfg)
 
 
 class _Meta:

@@ -148,6 +148,88 @@ def test_read_coco_malformed(tmp_path: Path) -> None:
         read_coco(tmp_path / "x.json")
 
 
+def _coco_file(tmp_path: Path, **overrides: object) -> Path:
+    """A valid two-image COCO file with some of its top-level keys replaced."""
+    p = _coco(tmp_path, [{"id": 7, "image_id": 0, "category_id": 1, "bbox": [302, 281, 26, 24]}])
+    data = {**json.loads(p.read_text()), **overrides}
+    p.write_text(json.dumps(data))
+    return p
+
+
+GOOD_IMAGES = [
+    {"id": 0, "file_name": "GBG_016_jpg.rf.aa11.jpg", "width": 640, "height": 360},
+    {"id": 1, "file_name": "GBG_017_jpg.rf.bb22.jpg", "width": 640, "height": 360},
+]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "problem", "read_with_skip"),
+    [
+        # a category without `id` (its annotation then names an unknown category)
+        ({"categories": [{"name": "0"}]}, r"category #0 needs an integer `id` and a `name`", [0, 0]),
+        # an image without file_name: that image is skipped
+        (
+            {"images": [GOOD_IMAGES[0], {"id": 1, "width": 640, "height": 360}]},
+            r"image #1 needs .*`file_name`",
+            [1],
+        ),
+        # a non-integer width
+        (
+            {"images": [GOOD_IMAGES[0], {**GOOD_IMAGES[1], "width": "wide"}]},
+            r"image 'GBG_017_jpg\.rf\.bb22\.jpg': width and height must be positive integers, got 'wide'",
+            [1],
+        ),
+        ({"images": [{**GOOD_IMAGES[0], "width": 640.5}, GOOD_IMAGES[1]]}, r"image .*got 640\.5 x 360", [0]),
+        (
+            {"annotations": [{"id": 7, "image_id": 0, "category_id": 1, "bbox": "x"}]},
+            "annotation id 7: malformed bbox",
+            [0, 0],
+        ),
+        ({"annotations": ["not a record"]}, r"annotation #0 has no valid image_id", [0, 0]),
+    ],
+)
+def test_broken_coco_records_are_one_line_errors_or_skipped(
+    tmp_path: Path, overrides: dict, problem: str, read_with_skip: list[int]
+) -> None:
+    p = _coco_file(tmp_path, **overrides)
+    with pytest.raises(LabelError, match=rf"^{tmp_path}/_annotations\.coco\.json: {problem}") as info:
+        read_coco(p)
+    assert "\n" not in str(info.value)
+    imgs = read_coco(p, on_error="skip")
+    assert [len(i.annotations) for i in imgs] == read_with_skip
+    assert sum(len(i.skipped) for i in imgs) >= 1  # every skipped record is counted
+
+
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [
+        ({"annotations": None}, "`annotations` must be a list, got null"),
+        ({"images": {"0": "a.jpg"}}, "`images` must be a list, got dict"),
+        ({"categories": None}, "`categories` must be a list, got null"),
+    ],
+)
+def test_broken_coco_structure_is_an_error_even_when_skipping(
+    tmp_path: Path, overrides: dict, problem: str
+) -> None:
+    p = _coco_file(tmp_path, **overrides)
+    for on_error in ("raise", "skip"):
+        with pytest.raises(LabelError, match=rf"_annotations\.coco\.json: {problem}"):
+            read_coco(p, on_error=on_error)
+
+
+def test_coco_segmentation_without_area_is_an_error(tmp_path: Path) -> None:
+    line = [10, 10, 20, 20, 30, 30]  # three points on a diagonal line
+    ann = {"id": 7, "image_id": 0, "category_id": 1, "bbox": [10, 10, 20, 20], "segmentation": [line]}
+    p = _coco(tmp_path, [ann])
+    with pytest.raises(LabelError, match=r"annotation id 7: segmentation polygon has no area"):
+        read_coco(p, use_segmentation=True)
+    assert read_coco(p, use_segmentation=True, on_error="skip")[0].annotations == []
+    ann["segmentation"] = [[10, 10, "x", 20, 30, 30]]
+    p = _coco(tmp_path, [ann])
+    with pytest.raises(LabelError, match=r"annotation id 7: segmentation is not a polygon"):
+        read_coco(p, use_segmentation=True)
+
+
 def test_unknown_class_is_an_error_naming_the_taxonomy_file(tmp_path: Path) -> None:
     p = _coco(tmp_path, [{"id": 7, "image_id": 0, "category_id": 1, "bbox": [1, 1, 5, 5]}])
     with pytest.raises(TaxonomyError, match=r"class '0' of dataset 'gdit-airport'.*taxonomy\.yaml"):
@@ -204,6 +286,65 @@ def test_read_dota_label_without_image(tmp_path: Path) -> None:
     (tmp_path / "labelTxt" / "P9.txt").write_text("")
     with pytest.raises(LabelError, match="P9.txt: no image"):
         read_dota(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "coords",
+    [
+        "10 10 20 20 30 30 40 40",  # a diagonal line
+        "1 187 1 187 1 219 1 219",  # flat on the image edge (as in the real DOTA demo chip P1478)
+        "5 5 5 5 5 5 5 5",  # one point
+    ],
+)
+def test_dota_polygon_without_area_names_file_and_line(tmp_path: Path, coords: str) -> None:
+    _image(tmp_path / "images" / "P2.png")
+    (tmp_path / "labelTxt").mkdir()
+    (tmp_path / "labelTxt" / "P2.txt").write_text(f"10 10 30 10 30 20 10 20 plane 0\n{coords} plane 0\n")
+    with pytest.raises(LabelError, match=r"P2\.txt:2: polygon has no area \(its 4 points are on a line\)"):
+        read_dota(tmp_path, dataset="toy", taxonomy=TAX)
+    (img,) = read_dota(tmp_path, dataset="toy", taxonomy=TAX, on_error="skip")
+    assert len(img.annotations) == 1 and len(img.skipped) == 1
+
+
+def test_image_size_of_a_scene_larger_than_pils_bomb_guard(tmp_path: Path) -> None:
+    """A whole 20000 px DOTA-size scene: PIL refuses to open it, its size still comes from the header."""
+    import struct
+    import zlib
+
+    from detector.labels.types import image_size
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 20000, 18000, 8, 0, 0, 0, 0)  # 8-bit gray, no pixels written
+    path = tmp_path / "P9999.png"
+    chunks = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunks)
+    assert image_size(path) == (20000, 18000)
+
+
+def test_unreadable_image_is_a_label_error_after_ultralytics_patched_pil(tmp_path: Path) -> None:
+    """Ultralytics replaces ``PIL.Image.open`` at import: an unidentified file then raises an ImportError
+    (no HEIF plugin, offline) instead of PIL's own error; the readers still name the file."""
+    pytest.importorskip("ultralytics.utils.patches")
+    from detector.labels.types import image_size
+
+    (tmp_path / "junk.png").write_bytes(b"not an image")
+    with pytest.raises(LabelError, match=r"junk\.png: cannot read the image header"):
+        image_size(tmp_path / "junk.png")
+
+
+def test_dota_skip_counts_files_skipped_whole(tmp_path: Path) -> None:
+    _image(tmp_path / "images" / "P1.png")
+    (tmp_path / "images" / "P3.png").write_bytes(b"not an image")
+    (tmp_path / "labelTxt").mkdir()
+    for stem in ("P1", "P3", "P9"):  # P9 has no image, P3's image does not read
+        (tmp_path / "labelTxt" / f"{stem}.txt").write_text("10 10 30 10 30 20 10 20 plane 0\n")
+    with pytest.raises(LabelError, match=r"P3\.png: cannot read the image header"):
+        read_dota(tmp_path, dataset="toy", taxonomy=TAX)
+    imgs = read_dota(tmp_path, dataset="toy", taxonomy=TAX, on_error="skip")
+    assert [i.image.name for i in imgs] == ["P1.png"]
+    assert len(imgs[0].skipped) == 2 and "P9.txt: no image" in imgs[0].skipped[1]
 
 
 # --------------------------------------------------------------------------------------------------- YOLO
@@ -296,6 +437,62 @@ def test_read_yolo_seg_malformed(tmp_path: Path, coords: str, problem: str) -> N
     assert read_yolo_seg(tmp_path, names=["plane"], on_error="skip")[0].annotations == []
 
 
+def test_yolo_obb_box_without_area(tmp_path: Path) -> None:
+    _image(tmp_path / "t.jpg", 100, 100)
+    (tmp_path / "t.txt").write_text("0 0.1 0.1 0.3 0.1 0.3 0.5 0.1 0.5\n0 0.1 0.1 0.2 0.2 0.3 0.3 0.4 0.4\n")
+    with pytest.raises(LabelError, match=r"t\.txt:2: box has no area"):
+        read_yolo_obb(tmp_path, names=["plane"])
+    (img,) = read_yolo_obb(tmp_path, names=["plane"], on_error="skip")
+    assert len(img.annotations) == 1 and len(img.skipped) == 1
+
+
+def test_yolo_seg_diagonal_line_is_not_a_box(tmp_path: Path) -> None:
+    """A collinear polygon along a diagonal: its axis-aligned box would be a 128 px label with nothing in it."""
+    _image(tmp_path / "t.jpg", 512, 512)
+    (tmp_path / "t.txt").write_text("0 0.25 0.25 0.375 0.375 0.5 0.5\n")
+    with pytest.raises(LabelError, match=r"t\.txt:1: polygon has no area"):
+        read_yolo_seg(tmp_path, names=["plane"])
+    (img,) = read_yolo_seg(tmp_path, names=["plane"], on_error="skip")
+    assert img.annotations == [] and len(img.skipped) == 1
+
+
+@pytest.mark.parametrize("reader", [read_yolo, read_yolo_obb, read_yolo_seg])
+def test_yolo_readers_skip_unreadable_images_and_label_files(tmp_path: Path, reader) -> None:
+    _image(tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes(b"\x89PNG junk")
+    _image(tmp_path / "c.png")
+    (tmp_path / "c.txt").write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(LabelError, match=r"b\.png: cannot read the image header"):
+        reader(tmp_path, names=["plane"])
+    imgs = reader(tmp_path, names=["plane"], on_error="skip")
+    assert [i.image.name for i in imgs] == ["a.png"]
+    assert len(imgs[0].skipped) == 2 and "c.txt: cannot read the label file" in imgs[0].skipped[1]
+
+
+@pytest.mark.parametrize(
+    ("names", "problem"),
+    [
+        ({"car": 0}, "keys of a dict must be integer class ids"),
+        (42, "class names must be a list"),
+    ],
+)
+def test_bad_class_names(names: object, problem: str) -> None:
+    with pytest.raises(LabelError, match=problem):
+        load_names(names)  # type: ignore[arg-type]
+
+
+def test_bad_class_name_files(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("- car\n- bus\n")
+    with pytest.raises(LabelError, match=r"a\.yaml: expected a mapping with a `names` key"):
+        load_names(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("names: cars\n")
+    with pytest.raises(LabelError, match=r"b\.yaml: `names` must be a list"):
+        load_names(tmp_path / "b.yaml")
+    (tmp_path / "c.yaml").write_text("names: {car: 0}\n")
+    with pytest.raises(LabelError, match=r"c\.yaml: class names: the keys"):
+        load_names(tmp_path / "c.yaml")
+
+
 # ---------------------------------------------------------------------------------------------------- CSV
 
 
@@ -339,6 +536,25 @@ def test_read_csv_polygons_malformed(tmp_path: Path) -> None:
         read_csv_polygons(p)
 
 
+def test_csv_polygons_skip_unreadable_images_and_lines_without_area(tmp_path: Path) -> None:
+    _image(tmp_path / "s.png")
+    (tmp_path / "bad.png").write_bytes(b"junk")
+    p = tmp_path / "l.csv"
+    p.write_text(
+        "image_id,geometry,class\n"
+        's.png,"POLYGON ((10 10, 30 10, 30 20, 10 20, 10 10))",plane\n'
+        's.png,"POLYGON ((10 10, 20 20, 30 30, 10 10))",plane\n'
+        'bad.png,"POLYGON ((10 10, 30 10, 30 20, 10 20, 10 10))",plane\n'
+    )
+    with pytest.raises(LabelError, match=r"l\.csv:4: .*bad\.png: cannot read the image header"):
+        read_csv_polygons(p)
+    imgs = read_csv_polygons(p, on_error="skip")
+    assert [i.image.name for i in imgs] == ["s.png"]
+    assert len(imgs[0].annotations) == 1
+    assert any("l.csv:3: " in m and "no area" in m for m in imgs[0].skipped)
+    assert any("l.csv:4: " in m for m in imgs[0].skipped)
+
+
 # ----------------------------------------------------------------------------------------------- dispatch
 
 
@@ -359,6 +575,28 @@ def test_read_dataset_from_yaml_spec(tmp_path: Path) -> None:
         read_dataset({"format": "yolo", "path": "x", "colour": 1})
     with pytest.raises(LabelError, match="`names` is required"):
         read_dataset({"format": "yolo", "path": "imgs"}, root=tmp_path / "data")
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        ({"gsd": "fine"}, r"spec\.yaml: gsd must be a positive number of metres per pixel, got 'fine'"),
+        ({"gsd": -0.3}, "gsd must be a positive number"),
+        ({"on_error": "ignore"}, r"spec\.yaml: on_error must be 'raise' or 'skip', got 'ignore'"),
+        ({"path": 12}, r"spec\.yaml: `path` must be a string, got 12"),
+        ({"group_pattern": "(P[0-9+"}, r"group_pattern '\(P\[0-9\+' is not a regular expression"),
+    ],
+)
+def test_bad_dataset_spec_values(tmp_path: Path, extra: dict, problem: str) -> None:
+    import yaml
+
+    _image(tmp_path / "imgs" / "a.png")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        yaml.safe_dump({"format": "yolo", "path": "imgs", "names": ["car"], "taxonomy": None, **extra})
+    )
+    with pytest.raises(LabelError, match=problem):
+        read_dataset(spec)
 
 
 # ------------------------------------------------------------------------------------------- real data
@@ -413,6 +651,10 @@ def test_real_isaid_polygons(shared_data: Path) -> None:
 
 
 def test_real_dota_demo_header(shared_data: Path) -> None:
-    imgs = read_dota(shared_data / "dota" / "demo", dataset="dota", taxonomy=load_taxonomy())
+    with pytest.raises(LabelError, match=r"P1478__1__853___962\.txt:2: polygon has no area"):
+        read_dota(shared_data / "dota" / "demo", dataset="dota", taxonomy=load_taxonomy())
+    imgs = read_dota(shared_data / "dota" / "demo", dataset="dota", taxonomy=load_taxonomy(), on_error="skip")
+    skipped = [m for i in imgs for m in i.skipped]
+    assert len(skipped) == 2 and all("P1478" in m and "no area" in m for m in skipped)  # flat on the edge
     assert [i.group for i in imgs] == ["P0003", "P0004", "P0005", "P1478"]
     assert all(i.gsd is not None and 0.1 < i.gsd < 0.15 for i in imgs if i.group != "P1478")

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from detector.backends.base import TAXONOMY
 from detector.detections import Detections
 from detector.geometry import corners, corners_to_xyxy, polygon_overlaps, xywhr_to_corners
-from detector.merge import merge_detections, overlap_pairs
+from detector.merge import (
+    RUNNER_UP_CLASS,
+    RUNNER_UP_SCORE,
+    merge_cross_class,
+    merge_detections,
+    overlap_pairs,
+)
+from detector.taxonomy import default_classes
 from detector.tiling import tile_grid
 
+TAXONOMY = default_classes()  # our classes in id order (configs/taxonomy.yaml)
 AIRCRAFT, SMALL_VEHICLE = TAXONOMY.index("aircraft"), TAXONOMY.index("small-vehicle")
 
 
@@ -193,3 +201,75 @@ def test_every_object_comes_out_once_on_30k_boxes_in_seconds() -> None:
     i, _, iou, _ = overlap_pairs(corners(out), out.class_ids)
     assert not (iou > 0.5).any()
     assert elapsed < 10, f"merging {len(dets)} boxes took {elapsed:.1f} s"
+
+
+LARGE_VEHICLE = TAXONOMY.index("large-vehicle")
+
+
+def test_cross_class_keeps_the_better_label_and_records_the_runner_up() -> None:
+    # one car called both small-vehicle (0.7) and large-vehicle (0.6), IoU ~0.9; a second car alone;
+    # and an aircraft that overlaps the first car only a little (IoU < 0.8): kept, no runner-up
+    dets = _aabb(
+        [[10, 10, 50, 30], [11, 10, 51, 31], [200, 200, 240, 220], [30, 10, 90, 40]],
+        scores=np.array([0.6, 0.7, 0.5, 0.9]),
+        classes=np.array([LARGE_VEHICLE, SMALL_VEHICLE, SMALL_VEHICLE, AIRCRAFT]),
+    )
+    out = merge_cross_class(dets, iou=0.8)
+    np.testing.assert_array_equal(out.xyxy, dets.xyxy[1:])
+    assert out.data[RUNNER_UP_CLASS].tolist() == ["large-vehicle", "", ""]
+    np.testing.assert_allclose(out.data[RUNNER_UP_SCORE], [0.6, np.nan, np.nan])
+    assert out.data[RUNNER_UP_SCORE].dtype == np.float32
+    # a stricter threshold than the pair's IoU keeps both labels
+    assert len(merge_cross_class(dets, iou=0.95)) == 4
+
+
+def test_cross_class_leaves_same_class_pairs_and_is_greedy_in_score_order() -> None:
+    same = _aabb([[0, 0, 40, 20], [0, 0, 40, 20]], classes=np.array([SMALL_VEHICLE, SMALL_VEHICLE]))
+    assert len(merge_cross_class(same)) == 2
+    # three labels on one object: the best one wins, the runner-up is the second best
+    three = _aabb(
+        [[0, 0, 40, 20]] * 3,
+        scores=np.array([0.3, 0.8, 0.5]),
+        classes=np.array([AIRCRAFT, SMALL_VEHICLE, LARGE_VEHICLE]),
+    )
+    out = merge_cross_class(three)
+    assert out.class_name.tolist() == ["small-vehicle"]
+    assert out.data[RUNNER_UP_CLASS].tolist() == ["large-vehicle"]
+    np.testing.assert_allclose(out.data[RUNNER_UP_SCORE], [0.5])
+    # other data columns travel with the kept rows
+    tagged = replace(three, data={"tile": np.array([7, 8, 9])})
+    assert merge_cross_class(tagged).data["tile"].tolist() == [8]
+
+
+def test_cross_class_uses_rotated_footprints() -> None:
+    # two thin rotated boxes at 45 and 135 degrees: their enclosing boxes coincide (IoU 1), their footprints
+    # barely overlap, so they are two objects; the same rotated box twice is one object
+    a = [100, 100, 80, 10, np.pi / 4]
+    b = [100, 100, 80, 10, 3 * np.pi / 4]
+    crossed = _obb([a, b], scores=np.array([0.9, 0.8]), classes=np.array([SMALL_VEHICLE, LARGE_VEHICLE]))
+    assert len(merge_cross_class(crossed)) == 2
+    twin = _obb([a, a], scores=np.array([0.8, 0.9]), classes=np.array([SMALL_VEHICLE, LARGE_VEHICLE]))
+    out = merge_cross_class(twin)
+    assert out.class_name.tolist() == ["large-vehicle"] and out.is_rotated
+    np.testing.assert_allclose(out.data[RUNNER_UP_SCORE], [0.8])
+
+
+def test_cross_class_edge_cases() -> None:
+    empty = merge_cross_class(Detections.empty(TAXONOMY))
+    assert len(empty) == 0 and set(empty.data) == {RUNNER_UP_CLASS, RUNNER_UP_SCORE}
+    with pytest.raises(ValueError, match="cross-class iou"):
+        merge_cross_class(_aabb([[0, 0, 1, 1]]), iou=0)
+
+
+def test_cross_class_on_many_boxes_is_vectorised() -> None:
+    dets, cut, _ = _simulate_tiled_detections(3000, seed=1)
+    dets = merge_detections(dets, tile_edges=cut)
+    rng = np.random.default_rng(0)
+    relabelled = replace(dets, class_ids=rng.integers(0, 4, len(dets)))
+    doubled = Detections.concatenate([dets, replace(relabelled, scores=relabelled.scores * 0.5)])
+    t0 = time.perf_counter()
+    out = merge_cross_class(doubled)
+    assert time.perf_counter() - t0 < 5
+    # every relabelled copy whose class differs is absorbed by its original
+    differs = relabelled.class_ids != dets.class_ids
+    assert len(out) == len(doubled) - int(differs.sum())

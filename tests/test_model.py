@@ -8,19 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detector.backends.base import META_KEY, TAXONOMY, ModelMeta
-from detector.model import (
-    DOTA_CLASS_MAP,
-    ModelError,
-    check_meta_against_shapes,
-    compare_outputs,
-    default_class_map,
-    default_weights,
-    load_predictor,
-    min_tile,
-    n_anchors,
-    read_meta,
-)
+from detector.backends.base import META_KEY, ModelMeta
+from detector.backends.decode import check_meta_against_shapes, default_class_map, min_tile, n_anchors
+from detector.errors import ModelError
+from detector.model import default_weights, load_predictor, read_meta
 
 SMALL = 320
 FIXED = 160
@@ -28,12 +19,15 @@ DOTA_NAMES = (
     "plane ship storage-tank baseball-diamond tennis-court basketball-court ground-track-field harbor bridge "
     "large-vehicle small-vehicle helicopter roundabout soccer-ball-field swimming-pool"
 ).split()
+#: What the `dota_v1` table of configs/taxonomy.yaml must give the DOTA-trained models.
+DOTA_CLASS_MAP = {0: "aircraft", 11: "helicopter", 10: "small-vehicle", 9: "large-vehicle"}
+TAXONOMY = ("aircraft", "helicopter", "small-vehicle", "large-vehicle")
 
 
 def _export(pt: Path, out: Path, **kwargs) -> Path:
     """``export_onnx`` with torch on at most two threads (restored afterwards)."""
     torch = pytest.importorskip("torch")
-    from detector.model import export_onnx
+    from training.export import export_onnx
 
     old = torch.get_num_threads()
     torch.set_num_threads(min(2, old))
@@ -112,6 +106,8 @@ def test_export_verification_catches_a_wrong_network(exported: Path):
     """The check export runs would fail on outputs that are off by more than atol (it is not vacuous)."""
     import onnxruntime as ort
 
+    from training.export import compare_outputs
+
     meta = read_meta(exported)
     sess = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).random((1, 3, SMALL, SMALL), dtype=np.float32)
@@ -128,7 +124,7 @@ def test_export_verification_catches_a_wrong_network(exported: Path):
 
 
 def test_export_leaves_existing_file_when_it_fails(pretrained_pt: Path, tmp_path: Path):
-    from detector.model import export_onnx
+    from training.export import export_onnx
 
     out = tmp_path / "keep.onnx"
     out.write_bytes(b"previous")
@@ -144,12 +140,14 @@ def test_default_class_maps():
     assert default_class_map(tuple(n.replace("-", " ") for n in DOTA_NAMES)) == DOTA_CLASS_MAP
     assert default_class_map(("small_vehicle", "Aircraft")) == {0: "small-vehicle", 1: "aircraft"}
     assert default_class_map(TAXONOMY) == dict(enumerate(TAXONOMY))
+    # any other model outputs its own classes, unless output names are given
+    assert default_class_map(("aircraft", "Truck", "boat")) == {0: "aircraft", 1: "truck", 2: "boat"}
     with pytest.raises(ModelError, match=r"model\.pt.*'truck'.*'boat'"):
-        default_class_map(("aircraft", "truck", "boat"), "model.pt")
+        default_class_map(("aircraft", "truck", "boat"), "model.pt", names=TAXONOMY)
 
 
 def test_explicit_class_map_by_index_or_name():
-    from detector.model import check_class_map
+    from detector.backends.decode import check_class_map
 
     names = ("car", "jet", "boat")
     assert check_class_map({"jet": "aircraft", 0: "small-vehicle", "2": "large-vehicle"}, names, "m.pt") == {
@@ -325,7 +323,9 @@ def test_default_weights_env_and_errors(tmp_path: Path, monkeypatch, exported: P
     with pytest.raises(ModelError, match="DETECTOR_WEIGHTS points to .*gone.onnx"):
         default_weights()
     monkeypatch.delenv("DETECTOR_WEIGHTS")
-    monkeypatch.setattr("detector.model._ROOT", tmp_path)
+    monkeypatch.setattr("detector.resources._ROOT", tmp_path)  # a checkout without weights
+    monkeypatch.setattr("detector.resources._PACKAGE", tmp_path / "detector")
+    (tmp_path / "pyproject.toml").write_text("")
     with pytest.raises(ModelError, match="make setup"):
         default_weights()
     (tmp_path / "weights" / "pretrained").mkdir(parents=True)
@@ -359,7 +359,7 @@ def test_export_yolo26_both_heads(tmp_path: Path):
         pytest.skip(f"{p} missing: run `make setup`")
     import onnxruntime as ort
 
-    from detector.model import export_onnx
+    from training.export import export_onnx
 
     for e2e, shape in ((False, [20, "anchors"]), (True, [300, 7])):
         out = export_onnx(p, tmp_path / f"y26_{e2e}.onnx", imgsz=SMALL, end_to_end=e2e)
@@ -379,23 +379,27 @@ def test_export_yolo26_both_heads(tmp_path: Path):
             assert len(pred.predict_batch(small)) == 1
 
 
-def test_export_needs_a_class_map_for_foreign_classes(tmp_path: Path):
+def test_foreign_classes_are_the_models_own_unless_mapped(tmp_path: Path):
     torch = pytest.importorskip("torch")
     from ultralytics.nn.tasks import DetectionModel
 
-    from detector.model import export_onnx
+    from training.export import export_onnx
 
     torch.manual_seed(0)
     model = DetectionModel("yolov8n.yaml", nc=3, verbose=False)
     model.names = {0: "car", 1: "jet", 2: "boat"}
     pt = tmp_path / "foreign.pt"
     torch.save({"model": model, "train_args": {"imgsz": 64}}, pt)
+    own = read_meta(pt)  # a model with another class list outputs that list
+    assert own.names == ("car", "jet", "boat") and own.class_map == {0: "car", 1: "jet", 2: "boat"}
     with pytest.raises(ModelError, match=r"foreign\.pt.*no default mapping for \['car', 'jet', 'boat'\]"):
-        read_meta(pt)
-    with pytest.raises(ModelError, match=r"foreign\.pt.*'car', 'jet', 'boat'"):
-        export_onnx(pt, tmp_path / "foreign.onnx")
+        export_onnx(pt, tmp_path / "foreign.onnx", names=TAXONOMY)
+    with pytest.raises(ModelError, match=r"foreign\.pt.*maps 'jet' to 'plane'.*pass the model's output names"):
+        export_onnx(pt, tmp_path / "foreign.onnx", class_map={"jet": "plane"})
+    assert not (tmp_path / "foreign.onnx").exists()
     out = export_onnx(pt, tmp_path / "foreign.onnx", class_map={"jet": "aircraft", 0: "small-vehicle"})
     meta = read_meta(out)
     assert (
         meta.class_map == {1: "aircraft", 0: "small-vehicle"} and meta.imgsz == 64 and meta.task == "detect"
     )
+    assert meta.names == TAXONOMY  # a map into the taxonomy keeps its class ids

@@ -15,14 +15,15 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from detector.backends.base import TAXONOMY
 from detector.detections import Detections
 from detector.pipeline import Detector
 from detector.raster import RasterError
+from detector.taxonomy import default_classes
 from detector.tiling import TileConfig, tile_grid
 
 TILES = TileConfig(overlap=64, batch=4)  # 256 px tiles stepping by 192: seams at 192..256, 384..448, ...
 ROOT = Path(__file__).resolve().parents[1]
+TAXONOMY = default_classes()  # our classes in id order (configs/taxonomy.yaml)
 
 
 def _scene(rows: int = 700, cols: int = 900, value: int = 40) -> np.ndarray:

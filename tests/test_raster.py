@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +15,10 @@ from affine import Affine
 from PIL import Image
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from detector.raster import RasterError, Scene, open_scene
+from detector.raster import PAD_VALUE, RasterError, Scene, open_dataset, open_scene
 
 
 def _ramp(rows: int = 64, cols: int = 80, count: int = 3, dtype: str = "uint8") -> np.ndarray:
@@ -68,6 +71,20 @@ def test_band_out_of_range_is_an_error(tmp_path: Path) -> None:
     path = write_geotiff(tmp_path / "rgb.tif", _ramp())
     with pytest.raises(RasterError, match=r"rgb\.tif: band 5 does not exist \(the file has 3 bands"):
         open_scene(path, bands=(5, 2, 1))
+
+
+@pytest.mark.parametrize("bands", [5, "red", (1, "g", 3)])
+def test_bands_that_are_not_band_numbers(tmp_path: Path, bands: object) -> None:
+    path = write_geotiff(tmp_path / "rgb.tif", _ramp())
+    with pytest.raises(RasterError, match=r"rgb\.tif: bands must be 1-based band numbers"):
+        open_scene(path, bands=bands)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("gsd", ["fine", -1.0, 0, float("nan"), True])
+def test_gsd_that_is_not_a_positive_number(tmp_path: Path, gsd: object) -> None:
+    path = write_geotiff(tmp_path / "rgb.tif", _ramp())
+    with pytest.raises(ValueError, match="gsd must be a positive number of metres per pixel"):
+        open_scene(path, gsd=gsd)  # type: ignore[arg-type]
 
 
 # -- radiometry ----------------------------------------------------------------------------------------
@@ -169,7 +186,7 @@ def test_window_past_the_edge_is_padded_and_invalid(tmp_path: Path) -> None:
     np.testing.assert_array_equal(rgb[:14, 10:90], np.moveaxis(data[:, 50:64, :], 0, -1))
     assert valid[:14, 10:90].all()
     assert not valid[14:].any() and not valid[:, :10].any() and not valid[:, 90:].any()
-    assert not rgb[14:].any()
+    assert (rgb[14:] == PAD_VALUE).all() and (rgb[:, :10] == PAD_VALUE).all()  # Ultralytics' gray
 
 
 def test_resampled_read_averages(tmp_path: Path) -> None:
@@ -328,9 +345,197 @@ def test_all_nodata_scene(tmp_path: Path) -> None:
     [
         (np.zeros((0, 10, 3), "uint8"), "empty scene"),
         (np.zeros((4, 4, 3), "complex64"), "unsupported data type"),
-        (np.zeros((2, 3, 4, 5), "uint8"), "expected an array"),
+        (np.zeros((2, 3, 4, 5), "uint8"), "expected an image array"),
+        (np.zeros((3, 3, 3), "uint8"), r"cannot tell the channel axis of an array of shape \(3, 3, 3\)"),
+        (np.zeros((3, 100, 3), "uint8"), "cannot tell the channel axis"),  # 3 rows of 100 RGB, or 3 bands?
+        (np.zeros((8, 60, 60), "uint16"), "with 1 to 4 channels"),  # multispectral: pick the bands first
+        (np.zeros((60, 60, 8), "uint16"), "with 1 to 4 channels"),
     ],
 )
 def test_bad_arrays(array: np.ndarray, match: str) -> None:
     with pytest.raises(RasterError, match=match):
         Scene.from_array(array)
+
+
+# -- input types: band-first arrays, PIL images, open rasterio datasets --------------------------------
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_band_first_array_is_transposed(channels: int) -> None:
+    band_first = _ramp(rows=40, cols=50, count=channels)  # what rasterio's read() returns
+    band_last = np.moveaxis(band_first, 0, -1)
+    with Scene.from_array(band_first) as a, Scene.from_array(band_last) as b:
+        assert (a.width, a.height, a.count) == (b.width, b.height, b.count) == (50, 40, channels)
+        window = Window(0, 0, 50, 40)
+        (rgb_a, valid_a), (rgb_b, valid_b) = a.read(window), b.read(window)
+    np.testing.assert_array_equal(rgb_a, rgb_b)
+    np.testing.assert_array_equal(valid_a, valid_b)
+
+
+def test_pil_images(tmp_path: Path) -> None:
+    array = np.moveaxis(_ramp(), 0, -1).copy()
+    with open_scene(Image.fromarray(array)) as scene:
+        assert (scene.width, scene.height, scene.path) == (80, 64, "<PIL image>")
+        rgb, valid = scene.read(Window(0, 0, 80, 64))
+    np.testing.assert_array_equal(rgb, array)
+    assert valid.all()
+    rgba = np.concatenate([array, np.full((64, 80, 1), 255, np.uint8)], axis=-1)
+    rgba[:, :10, 3] = 0  # transparent: not valid
+    with open_scene(Image.fromarray(rgba)) as scene:
+        _, valid = scene.read(Window(0, 0, 80, 64))
+    assert not valid[:, :10].any() and valid[:, 10:].all()
+    paletted = Image.fromarray(array).convert("P")
+    with open_scene(paletted) as scene:
+        rgb, _ = scene.read(Window(0, 0, 80, 64))
+    np.testing.assert_array_equal(rgb, np.asarray(paletted.convert("RGB")))
+    gray16 = (_ramp(count=1)[0].astype(np.uint16) * 200).astype(np.uint16)
+    with open_scene(Image.fromarray(gray16), gsd=0.3) as scene:
+        assert scene.dtype == "uint16" and scene.gsd == 0.3 and scene.bands == (1, 1, 1)
+
+
+def test_truncated_pil_image_is_a_raster_error(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (300, 300, 3), dtype=np.uint8)).save(tmp_path / "cut.png")
+    raw = (tmp_path / "cut.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(raw[: len(raw) // 2])
+    with Image.open(tmp_path / "cut.png") as im:  # PIL decodes lazily: the header reads fine
+        with pytest.raises(RasterError, match=r"<PIL image .*cut\.png>: cannot decode the image"):
+            open_scene(im)
+
+
+def test_open_rasterio_dataset_keeps_georeferencing_and_stays_open(tmp_path: Path) -> None:
+    data = _ramp(rows=60, cols=70)
+    data[:, :, :5] = 0
+    path = write_geotiff(tmp_path / "geo.tif", data, nodata=0)
+    with rasterio.open(path) as ds:
+        with open_scene(ds) as scene:
+            assert scene.path == str(path)
+            assert scene.crs == CRS.from_epsg(32633) and scene.transform == ds.transform
+            assert scene.gsd == pytest.approx(0.5)
+            rgb, valid = scene.read(Window(0, 0, 70, 60))
+        assert not ds.closed  # the caller's dataset
+        assert not valid[:, :5].any() and valid[:, 5:].all()  # its nodata is kept
+        np.testing.assert_array_equal(rgb[:, 5:], np.moveaxis(data, 0, -1)[:, 5:])
+    with pytest.raises(RasterError, match=r"geo\.tif: the rasterio dataset is closed"):
+        open_scene(ds)
+    with pytest.raises(RasterError, match=r"cannot read a scene from a dict"):
+        open_scene({"path": str(path)})  # type: ignore[arg-type]
+
+
+def test_predict_takes_band_first_arrays_pil_images_and_datasets(tmp_path: Path) -> None:
+    from _fixtures import BrightObjectPredictor, paint_box
+
+    from detector.pipeline import Detector
+    from detector.tiling import TileConfig
+
+    image = np.full((3, 300, 400), 40, np.uint8)
+    paint_box(image, 100, 50, 140, 70)
+    path = write_geotiff(tmp_path / "scene.tif", image)
+    detector = Detector(BrightObjectPredictor(256))
+    tile = TileConfig(tile=256, overlap=0.25)
+    from_file = detector.predict(path, tile=tile)
+    np.testing.assert_array_equal(from_file.xyxy, [[100, 50, 140, 70]])
+    band_first = detector.predict(image, tile=tile)  # (3, 300, 400): not 3 rows of 300 channels
+    pil = detector.predict(Image.fromarray(np.moveaxis(image, 0, -1).copy()), tile=tile)
+    for dets in (band_first, pil):
+        np.testing.assert_array_equal(dets.xyxy, from_file.xyxy)
+        assert dets.source is None and dets.transform is None
+    with rasterio.open(path) as ds:
+        from_ds = detector.predict(ds, tile=tile)
+        assert not ds.closed
+    np.testing.assert_array_equal(from_ds.xyxy, from_file.xyxy)
+    assert from_ds.crs == CRS.from_epsg(32633) and from_ds.source == str(path)
+    assert from_ds.transform == from_file.transform
+
+
+# -- strict reading: a file that does not decode to its end is an error --------------------------------
+
+
+def _noisy_rgb(rows: int, cols: int, seed: int = 0) -> np.ndarray:
+    """An RGB image whose bytes are spread over the whole file (noise on a ramp, hard to compress)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    ramp = np.stack([xx % 256, yy % 256, (xx + yy) % 256], axis=-1)
+    return (ramp + rng.integers(0, 40, (rows, cols, 3))).clip(0, 255).astype(np.uint8)
+
+
+def _write(path: Path, rows: int, cols: int) -> Path:
+    array = _noisy_rgb(rows, cols)
+    if path.suffix == ".tif":
+        return write_geotiff(path, np.moveaxis(array, -1, 0), compress="deflate")
+    Image.fromarray(array).save(path, **({"quality": 90} if path.suffix == ".jpg" else {}))
+    return path
+
+
+#: ``name -> (rows, cols)`` of the files cut in the truncation test.
+TRUNCATED_CASES = {
+    "small.png": (200, 240),  # one block for GDAL: its whole-image fast path fills the missing rows
+    "edge.png": (640, 640),  # read whole for the stretch sample: the same fast path
+    "large.png": (1100, 1300),  # over a megapixel: sampled by a decimated read
+    "photo.jpg": (640, 640),
+    "scene.tif": (700, 600),  # tiled, deflate
+}
+
+
+@pytest.fixture(scope="module")
+def intact_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """The bytes of each file of :data:`TRUNCATED_CASES`, written once for all cuts."""
+    folder = tmp_path_factory.mktemp("intact")
+    return {name: _write(folder / name, *shape).read_bytes() for name, shape in TRUNCATED_CASES.items()}
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.6, 0.9])
+@pytest.mark.parametrize("name", list(TRUNCATED_CASES))
+def test_truncated_file_is_a_raster_error_when_opened(
+    tmp_path: Path, intact_files: dict[str, bytes], name: str, fraction: float
+) -> None:
+    raw = intact_files[name]
+    path = tmp_path / name
+    path.write_bytes(raw[: int(len(raw) * fraction)])
+    stem = re.escape(name)
+    with pytest.raises(RasterError, match=rf"{stem}: .*(truncated or corrupt|not a raster GDAL can read)"):
+        open_scene(path).close()
+
+
+def test_corrupt_byte_in_a_png_is_a_raster_error(tmp_path: Path) -> None:
+    path = _write(tmp_path / "flip.png", 300, 300)
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(RasterError, match=r"flip\.png: the PNG file is truncated or corrupt"):
+        open_scene(path)
+
+
+def test_intact_files_still_open(tmp_path: Path) -> None:
+    for name in ("ok.png", "ok.jpg", "ok.tif"):
+        path = _write(tmp_path / name, 300, 200)
+        with open_scene(path) as scene:
+            rgb, valid = scene.read(Window(0, 250, 200, 50))
+        assert valid.all() and rgb.any()
+
+
+# -- georeferencing messages and warnings --------------------------------------------------------------
+
+
+def test_geotransform_without_crs_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = write_geotiff(tmp_path / "nocrs.tif", _ramp(), crs=None)
+    with caplog.at_level(logging.WARNING, logger="detector.raster"):
+        with open_scene(path) as scene:
+            assert scene.crs is None and scene.transform is not None and scene.gsd is None
+    assert "nocrs.tif has a geotransform but no CRS" in caplog.text
+    assert "the GSD is unknown unless given (--gsd)" in caplog.text
+    assert "not georeferenced" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="detector.raster"):
+        with open_scene(path, gsd=0.4) as scene:
+            assert scene.gsd == 0.4
+    assert "has a geotransform but no CRS" in caplog.text and "--gsd" not in caplog.text
+
+
+def test_png_opens_without_rasterio_warnings(tmp_path: Path) -> None:
+    Image.fromarray(np.moveaxis(_ramp(), 0, -1).copy()).save(tmp_path / "plain.png")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        open_scene(tmp_path / "plain.png").close()
+        open_dataset(tmp_path / "plain.png").close()
+    assert not [w for w in caught if issubclass(w.category, NotGeoreferencedWarning)]

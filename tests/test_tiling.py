@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
+from _fixtures import make_meta
 from rasterio.windows import Window
 
-from detector.tiling import TileConfig, plan_tiles, tile_grid
+from detector.errors import ResolutionError
+from detector.tiling import (
+    TileConfig,
+    check_resolution,
+    model_gsd_range,
+    plan_tiles,
+    resample_scale,
+    tile_grid,
+)
 
 
 def _grid(cols: list[int], rows: list[int], tile: int) -> list[Window]:
@@ -100,21 +111,26 @@ def test_overlap_not_smaller_than_tile_is_an_error() -> None:
         TileConfig(overlap=300).overlap_px(256)
 
 
+RANGE = (0.3, 0.6)  # a model trained at 0.3-0.6 m/px
+
+
 @pytest.mark.parametrize(
-    ("config", "scene_gsd", "model_gsd", "size", "scale", "first"),
+    ("config", "scene_gsd", "gsd_range", "size", "scale", "first"),
     [
-        (TileConfig(overlap=0.25), None, 0.5, 256, 1.0, Window(0, 0, 256, 256)),  # scene GSD unknown
+        (TileConfig(overlap=0.25), None, RANGE, 256, 1.0, Window(0, 0, 256, 256)),  # scene GSD unknown
         (TileConfig(overlap=0.25), 0.5, None, 256, 1.0, Window(0, 0, 256, 256)),  # model GSD unknown
-        (TileConfig(overlap=0.25), 0.5, 0.53, 256, 1.0, Window(0, 0, 256, 256)),  # within 10 %
-        (TileConfig(overlap=0.25), 0.25, 0.5, 256, 2.0, Window(0, 0, 512, 512)),  # finer scene: shrink
-        (TileConfig(overlap=0.25), 1.0, 0.5, 256, 0.5, Window(0, 0, 128, 128)),  # coarser scene: enlarge
-        (TileConfig(overlap=0.25, resample=False), 0.25, 0.5, 256, 1.0, Window(0, 0, 256, 256)),
-        (TileConfig(overlap=0.25), 300.0, 0.5, 256, 0.25, Window(0, 0, 64, 64)),  # limited to 4x
+        (TileConfig(overlap=0.25), 0.5, RANGE, 256, 1.0, Window(0, 0, 256, 256)),  # inside the range
+        (TileConfig(overlap=0.25), 0.3, RANGE, 256, 1.0, Window(0, 0, 256, 256)),  # at its fine end
+        (TileConfig(overlap=0.25), 0.15, RANGE, 256, 2.0, Window(0, 0, 512, 512)),  # finer: shrink to 0.3
+        (TileConfig(overlap=0.25), 1.2, RANGE, 256, 0.5, Window(0, 0, 128, 128)),  # coarser: enlarge to 0.6
+        (TileConfig(overlap=0.25, resample=False), 0.15, RANGE, 256, 1.0, Window(0, 0, 256, 256)),
+        (TileConfig(overlap=0.25), 300.0, RANGE, 256, 0.25, Window(0, 0, 64, 64)),  # limited to 4x
+        (TileConfig(overlap=0.25), 0.03, RANGE, 256, 4.0, Window(0, 0, 1024, 1024)),  # limited to 4x
         (TileConfig(tile=512, overlap=0.25), None, None, 512, 1.0, Window(0, 0, 512, 512)),
     ],
 )
-def test_plan_tiles(config: TileConfig, scene_gsd, model_gsd, size: int, scale: float, first: Window) -> None:
-    plan = plan_tiles(3000, 2000, config, 256, scene_gsd, model_gsd)
+def test_plan_tiles(config: TileConfig, scene_gsd, gsd_range, size: int, scale: float, first: Window) -> None:
+    plan = plan_tiles(3000, 2000, config, 256, scene_gsd, gsd_range)
     assert plan.size == size
     assert plan.scale == pytest.approx(scale)
     assert plan.windows[0] == first
@@ -122,3 +138,76 @@ def test_plan_tiles(config: TileConfig, scene_gsd, model_gsd, size: int, scale: 
     stride = plan.windows[1].col_off - plan.windows[0].col_off
     assert stride == win - round(config.overlap_px(size) * scale)
     assert max(w.col_off for w in plan.windows) == 3000 - win
+
+
+def test_a_single_model_gsd_is_a_narrow_range() -> None:
+    # old model files know one training GSD: scenes within 10 % of it run as they are
+    assert model_gsd_range(make_meta(gsd=0.5)) == pytest.approx((0.5 / 1.1, 0.55))
+    assert plan_tiles(3000, 2000, TileConfig(), 256, 0.53, model_gsd=0.5).scale == 1.0
+    plan = plan_tiles(3000, 2000, TileConfig(), 256, 0.25, model_gsd=0.5)
+    assert plan.scale == pytest.approx(2.0)  # to the model's GSD itself
+    assert model_gsd_range(make_meta()) is None
+    assert model_gsd_range(replace(make_meta(gsd=0.5), gsd_range=(0.1, 1.0))) == (0.1, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("scene_gsd", "gsd_range", "refused"),
+    [
+        (300.0, (0.1, 1.0), True),  # Landsat on an aerial model
+        (30.0, (0.1, 1.0), True),
+        (2.0, (0.1, 1.0), False),  # coarser, but within 2x: enlarged into the range
+        (2.01, (0.1, 1.0), True),
+        (0.3, (0.1, 1.0), False),
+        (0.01, (0.1, 1.0), False),  # finer: resampled, never refused
+        (None, (0.1, 1.0), False),  # unknown size: runs
+        (300.0, None, False),  # model range unknown
+    ],
+)
+def test_check_resolution(scene_gsd, gsd_range, refused: bool) -> None:
+    if not refused:
+        check_resolution(scene_gsd, gsd_range, source="a.tif")
+        return
+    with pytest.raises(ResolutionError) as info:
+        check_resolution(scene_gsd, gsd_range, source="a.tif")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("a.tif: ")
+    assert f"scene GSD {scene_gsd:g} m/px" in message and "range 0.1-1 m/px" in message
+    assert "--force-resolution" in message
+    check_resolution(scene_gsd, gsd_range, source="a.tif", force=True)  # forced: only a warning
+    check_resolution(scene_gsd, gsd_range, source="a.tif", factor=1000)
+
+
+def test_bad_gsd_range_is_an_error() -> None:
+    with pytest.raises(ValueError, match="GSD range"):
+        resample_scale(0.5, (1.0, 0.5))
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "fit", "shape", "n_tiles", "first"),
+    [
+        (1764, 430, False, (1024, 1024), 2, Window(0, 0, 1024, 1024)),  # a strip: tiles 58 % padding
+        (1764, 430, True, (448, 1024), 2, Window(0, 0, 1024, 448)),  # ... fitted to its height
+        (430, 1764, True, (1024, 448), 2, Window(0, 0, 448, 1024)),  # a tall strip
+        (640, 360, True, (384, 640), 1, Window(0, 0, 640, 384)),  # a small chip: one tile, 6 % padding
+        (3000, 2000, True, (1024, 1024), 12, Window(0, 0, 1024, 1024)),  # larger than a tile: unchanged
+        (20, 20, True, (32, 32), 1, Window(0, 0, 32, 32)),  # never below the stride
+    ],
+)
+def test_strips_get_fitted_tiles(width, height, fit: bool, shape, n_tiles: int, first: Window) -> None:
+    plan = plan_tiles(width, height, TileConfig(overlap=0.2), 1024, fit=fit)
+    assert plan.out_shape == shape and len(plan.windows) == n_tiles
+    assert plan.windows[0] == first and plan.size == max(shape)
+    assert all((w.height, w.width) == shape for w in plan.windows)  # scale 1: a window is a tile
+    assert max(w.col_off + w.width for w in plan.windows) >= width
+    assert max(w.row_off + w.height for w in plan.windows) >= height
+    if n_tiles == 2 and shape[1] == 1024:  # the long axis keeps the full tile and its overlap
+        assert plan.windows[1].col_off == 1764 - 1024
+
+
+def test_fitted_tiles_respect_the_model_minimum_and_the_scale() -> None:
+    assert plan_tiles(1764, 100, TileConfig(), 1024, fit=True, min_size=256).out_shape == (256, 1024)
+    assert plan_tiles(1764, 430, TileConfig(fit=False), 1024, fit=True).out_shape == (1024, 1024)
+    # at scale 2 (a 0.15 m scene on a 0.3 m model) a 900 px high strip is 450 tile px high
+    plan = plan_tiles(4000, 900, TileConfig(), 1024, 0.15, RANGE, fit=True)
+    assert plan.out_shape == (480, 1024) and plan.scale == pytest.approx(2.0)
+    assert (plan.windows[0].width, plan.windows[0].height) == (2048, 960)

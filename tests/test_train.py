@@ -12,16 +12,20 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("ultralytics")
 pytest.importorskip("albumentations")
 
-from detector.backends.base import TAXONOMY  # noqa: E402
 from training.augment import AugmentConfig, overhead_augmentations  # noqa: E402
 from training.train import (  # noqa: E402
-    DOTA_CLASS_INDEX,
+    AUTO,
     TrainConfig,
+    auto_class_index,
     build_model,
     load_config,
     remap_state_dict,
     train,
 )
+
+TAXONOMY = ("aircraft", "helicopter", "small-vehicle", "large-vehicle")
+#: DOTA v1.0 output channel of each of our classes: plane, helicopter, small vehicle, large vehicle.
+DOTA_CLASS_INDEX = [0, 11, 10, 9]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,7 +51,8 @@ def test_load_config_yaml_then_overrides(tmp_path):
     assert cfg.augment.jpeg_quality == (50, 90)
     assert cfg.cache is False
     assert cfg.ultralytics == {"nbs": 16}
-    assert cfg.class_index == list(DOTA_CLASS_INDEX)
+    assert cfg.class_index == AUTO
+    assert load_config(p, ["class_index=[0, null, 3]"]).class_index == [0, None, 3]
 
 
 @pytest.mark.parametrize(
@@ -57,7 +62,8 @@ def test_load_config_yaml_then_overrides(tmp_path):
         ("nosuchkey=1", "unknown key"),
         ("augment.rot90=2", "probability"),
         ("task=segment", "task"),
-        ("class_index=[0,1]", "class_index"),
+        ("class_index=dota", "class_index"),
+        ("class_index=[0,-1]", "class_index"),
         ("batch=eight", "batch"),
         ("noequals", "key=value"),
         ("ultralytics.lr0=0.1", "top-level"),
@@ -76,7 +82,7 @@ def test_load_config_rejects_bad_values_naming_the_file(tmp_path, override, matc
 def test_shipped_configs_load(name):
     cfg = load_config(ROOT / "configs" / "train" / name)
     # from the DOTA start with the head remapped, or from an earlier stage that already has our 4 classes
-    assert cfg.class_index == list(DOTA_CLASS_INDEX) or (cfg.class_index is None and "runs/" in cfg.weights)
+    assert cfg.class_index in (AUTO, DOTA_CLASS_INDEX) or (cfg.class_index is None and "runs/" in cfg.weights)
     # it trains on a dataset that one of the shipped data configs builds
     outs = {Path(yaml.safe_load(p.read_text())["out"]) for p in (ROOT / "configs" / "data").glob("*.yaml")}
     assert Path(cfg.data).parent in outs
@@ -117,6 +123,23 @@ def test_remap_state_dict_is_pure_and_picks_rows():
     assert torch.equal(src["model.0.conv.weight"], src_before["model.0.conv.weight"])
     with pytest.raises(ValueError, match="outside the 15 source classes"):
         remap_state_dict(src, dst, [0, 11, 10, 15])
+    with pytest.raises(ValueError, match="class_index has 2 entries for 4 classes"):
+        remap_state_dict(src, dst, [0, 11])
+    # a class without a source channel keeps its initial row
+    fresh = {**dst, "model.22.cv3.0.2.bias": torch.full((4,), -5.0)}
+    out, rep = remap_state_dict(src, fresh, [0, None, 10, 9])
+    assert out["model.22.cv3.0.2.bias"].tolist() == [0.0, -5.0, 10.0, 9.0]
+    assert out["model.22.cv3.0.2.weight"].flatten().tolist() == [0.0, 0.0, 10.0, 9.0]
+
+
+def test_auto_class_index_from_the_taxonomy_or_by_name():
+    dota = "plane ship storage-tank baseball-diamond tennis-court basketball-court ground-track-field harbor".split()
+    dota += "bridge large-vehicle small-vehicle helicopter roundabout soccer-ball-field swimming-pool".split()
+    assert auto_class_index(dota, TAXONOMY) == DOTA_CLASS_INDEX
+    assert auto_class_index([n.replace("-", " ") for n in dota], ["small-vehicle", "boat"]) == [10, None]
+    # a checkpoint trained on named classes (e.g. our own) maps by name
+    assert auto_class_index(["Boat", "aircraft"], ["aircraft", "boat", "car"]) == [1, 0, None]
+    assert auto_class_index(["x", "y"], ["aircraft"]) is None
 
 
 def _class_logits(model, x):
@@ -136,7 +159,7 @@ def _class_logits(model, x):
 def test_remapped_model_reproduces_pretrained_class_logits(pretrained_pt, task):
     from ultralytics.nn.tasks import DetectionModel, OBBModel, load_checkpoint
 
-    model, rep = build_model(pretrained_pt, task=task)
+    model, rep = build_model(pretrained_pt, task=task)  # class_index "auto": the taxonomy's dota_v1 table
     src, _ = load_checkpoint(pretrained_pt)
     assert type(model) is (DetectionModel if task == "detect" else OBBModel)
     assert model.names == dict(enumerate(TAXONOMY))
@@ -148,7 +171,7 @@ def test_remapped_model_reproduces_pretrained_class_logits(pretrained_pt, task):
     assert len(ours) == 3
     for a, b in zip(ours, theirs, strict=True):
         assert a.shape[1] == 4 and b.shape[1] == 15
-        assert torch.allclose(a, b[:, list(DOTA_CLASS_INDEX)], atol=1e-6)
+        assert torch.allclose(a, b[:, DOTA_CLASS_INDEX], atol=1e-6)
     if task == "obb":  # the angle branch survives too
         assert torch.allclose(
             model.model[-1].cv4[0](torch.ones(1, 64, 4, 4)), src.model[-1].cv4[0](torch.ones(1, 64, 4, 4))
@@ -289,7 +312,9 @@ def test_train_refuses_a_dataset_with_other_names(tmp_path, pretrained_pt):
     d = yaml.safe_load(data.read_text())
     d["names"] = {0: "plane", 1: "helicopter", 2: "small-vehicle", 3: "large-vehicle"}
     data.write_text(yaml.safe_dump(d))
-    with pytest.raises(ValueError, match="names must be"):
+    with pytest.raises(
+        ValueError, match=r"data\.yaml: names must be classes of .*taxonomy\.yaml.*\['plane'\]"
+    ):
         train(cfg)
 
 

@@ -7,11 +7,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("ultralytics")
 
-from detector.backends.base import TAXONOMY  # noqa: E402
 from detector.model import meta_from_checkpoint  # noqa: E402
+from detector.taxonomy import default_classes  # noqa: E402
 from training.train import build_model  # noqa: E402
 from training.wise import interpolate_state, main, wise  # noqa: E402
 
+TAXONOMY = default_classes()  # our classes in id order (configs/taxonomy.yaml)
 
 def _state(**tensors):
     return {k: torch.tensor(v) for k, v in tensors.items()}

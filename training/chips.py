@@ -24,6 +24,7 @@ Everything is deterministic for a given config (seeded per source, sorted inputs
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -34,7 +35,7 @@ import shutil
 import time
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -42,10 +43,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from detector.errors import BuildError  # noqa: F401  (re-exported)
-from detector.backends.base import TAXONOMY
+from detector.errors import BuildError, DetectorError, RasterError  # noqa: F401  (BuildError: re-exported)
 from detector.labels import LabeledImage, LabelError, read_dataset, roboflow_stem
-from detector.taxonomy import IGNORE, load_taxonomy
+from detector.taxonomy import IGNORE, Taxonomy, load_taxonomy
 
 logger = logging.getLogger(__name__)
 
@@ -85,14 +85,13 @@ class SourceConfig:
             raise BuildError(
                 f"source {self.name!r}: val_fraction must be in [0, 1], got {self.val_fraction!r}"
             )
+        if not isinstance(self.scales, list) or not isinstance(self.keep_classes, list):
+            raise BuildError(f"source {self.name!r}: scales and keep_classes must be lists (e.g. [1.0, 0.5])")
         self.scales = [float(s) for s in self.scales]
         if not self.scales or any(not 0 < s <= 4 for s in self.scales):
             raise BuildError(f"source {self.name!r}: scales must be factors in (0, 4], got {self.scales!r}")
         if self.max_chips is not None and self.max_chips < 0:
             raise BuildError(f"source {self.name!r}: max_chips must be >= 0, got {self.max_chips!r}")
-        bad = [c for c in self.keep_classes if c not in TAXONOMY]
-        if bad:
-            raise BuildError(f"source {self.name!r}: keep_classes {bad} are not in {TAXONOMY}")
         if self.empty_share is not None and not 0 <= self.empty_share < 1:
             raise BuildError(f"source {self.name!r}: empty_share must be in [0, 1), got {self.empty_share!r}")
 
@@ -106,7 +105,8 @@ class BuildConfig:
         out: output folder (relative to the working directory).
         sources: the labelled sources.
         data_root: folder the sources' paths are relative to (env ``DETECTOR_SHARED_DATA`` overrides it).
-        taxonomy: the class table.
+        taxonomy: the class table (``None``: the shipped ``configs/taxonomy.yaml``); its ``classes`` are the
+            dataset's class names, in id order.
         seed: seed of every random choice.
         task: ``"detect"`` (axis-aligned labels) or ``"obb"`` (rotated labels).
         chip: chip side in pixels.
@@ -124,7 +124,7 @@ class BuildConfig:
     out: str
     sources: list[SourceConfig]
     data_root: str = "../shared/data"
-    taxonomy: str = "configs/taxonomy.yaml"
+    taxonomy: str | None = None
     seed: int = 0
     task: str = "detect"
     chip: int = 320
@@ -160,6 +160,24 @@ class BuildConfig:
         dup = sorted(n for n, c in Counter(names).items() if c > 1)
         if dup:
             raise BuildError(f"source names must be unique, repeated: {dup}")
+        classes = self.classes
+        for s in self.sources:
+            bad = [c for c in s.keep_classes if c not in classes]
+            if bad:
+                raise BuildError(
+                    f"source {s.name!r}: keep_classes {bad} are not classes of {self.class_table.path}: "
+                    f"{list(classes)}"
+                )
+
+    @property
+    def class_table(self) -> Taxonomy:
+        """The loaded :attr:`taxonomy` (the shipped one is read once per process)."""
+        return load_taxonomy(self.taxonomy)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The dataset's class names in class-id order (the taxonomy's classes a model outputs)."""
+        return self.class_table.classes
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> BuildConfig:
@@ -167,7 +185,7 @@ class BuildConfig:
         path = Path(path)
         try:
             data = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as e:
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
             raise BuildError(f"{path}: cannot read the build config ({e})") from e
         if not isinstance(data, dict):
             raise BuildError(f"{path}: a build config must be a mapping")
@@ -183,16 +201,35 @@ class BuildConfig:
         unknown = set(data) - known
         if unknown:
             raise BuildError(f"unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+        missing = [k for k in ("name", "out") if k not in data]
+        if missing:
+            raise BuildError(f"missing key(s) {missing}")
+        if not isinstance(data.get("sources") or [], list):
+            raise BuildError(f"`sources` must be a list of sources, got {type(data['sources']).__name__}")
         src_known = {f.name for f in fields(SourceConfig)}
         sources = []
         for i, s in enumerate(data.get("sources") or []):
+            if not isinstance(s, dict):
+                raise BuildError(f"source #{i} must be a mapping with `name` and `dataset`, got {s!r}")
             bad = set(s) - src_known
             if bad:
                 raise BuildError(
                     f"source #{i} ({s.get('name', '?')}): unknown key(s) {sorted(bad)}; known: {sorted(src_known)}"
                 )
-            sources.append(SourceConfig(**s))
-        return cls(**{**data, "sources": sources})
+            if "name" not in s or not isinstance(s.get("dataset"), dict):
+                raise BuildError(f"source #{i} ({s.get('name', '?')}): needs a `name` and a `dataset` mapping")
+            try:
+                sources.append(SourceConfig(**s))
+            except DetectorError:
+                raise
+            except (TypeError, ValueError) as e:  # a value of the wrong type, e.g. scales: [fast]
+                raise BuildError(f"source #{i} ({s['name']}): bad value ({e})") from e
+        try:
+            return cls(**{**data, "sources": sources})
+        except DetectorError:  # BuildError, TaxonomyError (also ValueErrors): already clear
+            raise
+        except (TypeError, ValueError) as e:  # a value of the wrong type, e.g. chip: large
+            raise BuildError(f"bad value ({e})") from e
 
 
 # ----------------------------------------------------------------------------------------------- planning
@@ -305,7 +342,8 @@ def plan_image(
     if img.width is None or img.height is None:
         raise BuildError(f"{img.image}: image size unknown")
     w, h = round(img.width * scale), round(img.height * scale)
-    ids = [i for i, a in enumerate(img.annotations) if a.cls in TAXONOMY]
+    classes = cfg.classes
+    ids = [i for i, a in enumerate(img.annotations) if a.cls in classes]
     rects = [img.annotations[i].polygon * scale for i in ids]
     outlines = [img.annotations[i].outline * scale for i in ids]
     lo = np.array([o.min(axis=0) for o in outlines]).reshape(-1, 2)
@@ -339,7 +377,7 @@ def plan_image(
                     )
                 ann = img.annotations[ids[k]]
                 objs.append(
-                    ChipObject(TAXONOMY.index(ann.cls), rect, xyxy, truncated or ann.truncated, ids[k])
+                    ChipObject(classes.index(ann.cls), rect, xyxy, truncated or ann.truncated, ids[k])
                 )
             chips.append(Chip(src.name, split, img, scale, x0, y0, objs))
     return chips
@@ -363,9 +401,18 @@ def _cover_order(chips: list[Chip], rng: random.Random) -> list[Chip]:
 
 
 def select_chips(
-    src: SourceConfig, chips: list[Chip], empty_share: float, rng: random.Random, stats: _SourceStats
+    src: SourceConfig,
+    chips: list[Chip],
+    empty_share: float,
+    rng: random.Random,
+    stats: _SourceStats,
+    classes: Sequence[str] | None = None,
 ) -> list[Chip]:
-    """Pick the chips of one source: priority chips, then round-robin over images, then the empty share."""
+    """Pick the chips of one source: priority chips, then round-robin over images, then the empty share.
+
+    ``classes`` are the build's class names in id order (default: the shipped taxonomy's).
+    """
+    classes = tuple(classes) if classes is not None else load_taxonomy().classes
     full = [c for c in chips if c.objects]
     empty = [c for c in chips if not c.objects]
     stats.chips_with_objects += len(full)
@@ -373,7 +420,7 @@ def select_chips(
     if src.max_chips is None or len(full) <= src.max_chips:
         chosen = list(full)
     else:
-        keep_ids = {TAXONOMY.index(k) for k in src.keep_classes}
+        keep_ids = {classes.index(k) for k in src.keep_classes}
         priority = [c for c in full if any(o.cls_id in keep_ids for o in c.objects)]
         stats.priority_chips += len(priority)
         if len(priority) > src.max_chips:
@@ -473,9 +520,24 @@ def _thumbnail(path: Path) -> np.ndarray:
     """A 32x32 grey thumbnail, zero mean and unit variance (for content comparison)."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        t = np.asarray(im.convert("L").resize((32, 32), Image.Resampling.BOX), dtype=np.float64)
+    t = np.asarray(_decode(path, "L").resize((32, 32), Image.Resampling.BOX), dtype=np.float64)
     return (t - t.mean()) / (t.std() + 1e-6)
+
+
+def _decode(path: str | Path, mode: str) -> Any:
+    """The pixels of an image file as a PIL image of ``mode``.
+
+    Raises:
+        RasterError: the file does not decode (truncated, corrupt), naming it.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.convert(mode)
+    except (OSError, SyntaxError, ValueError, ImportError, Image.DecompressionBombError) as e:
+        # ImportError: Ultralytics' patched Image.open, when PIL cannot identify the file, wants a HEIF plugin
+        raise RasterError(f"{path}: cannot decode the image, it may be truncated or corrupt ({e})") from e
 
 
 def same_content(a: np.ndarray, b: np.ndarray, threshold: float = 0.9) -> bool:
@@ -541,13 +603,27 @@ def _prepare_staging(out: Path) -> Path:
     return stage
 
 
+@contextlib.contextmanager
+def _removed_on_error(stage: Path) -> Iterator[None]:
+    """Remove the staging folder when the block fails (or is interrupted): no ``<out>.building`` is left."""
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
 def _publish(stage: Path, out: Path) -> None:
     if out.exists():
         old = out.with_name(out.name + ".old")
         if old.exists():
             shutil.rmtree(old)
         out.rename(old)
-        stage.rename(out)
+        try:
+            stage.rename(out)
+        except OSError:
+            old.rename(out)  # the previous dataset stays in place
+            raise
         shutil.rmtree(old)
     else:
         stage.rename(out)
@@ -567,8 +643,7 @@ def _render(
     size = cfg.chip
     for path in sorted(by_image):
         group = sorted(by_image[path], key=lambda c: (c.scale, c.y0, c.x0))
-        with Image.open(path) as im:
-            base = im.convert("RGB")
+        base = _decode(path, "RGB")
         scaled: dict[float, np.ndarray] = {}
         for c in group:
             if c.scale not in scaled:
@@ -630,10 +705,15 @@ def build(
     Raises:
         BuildError: invalid config, or a rule broken by the data (e.g. leakage with ``leakage: error``).
         LabelError, TaxonomyError: from the label readers (they name the file and line, or the class).
+        RasterError: an image does not decode (truncated, corrupt), naming it.
+
+    A failed or interrupted build leaves no ``<out>.building`` folder, and an earlier dataset at ``out``
+    stays as it was.
     """
     t0 = time.perf_counter()
     cfg = config if isinstance(config, BuildConfig) else BuildConfig.from_yaml(config)
-    taxonomy = load_taxonomy(cfg.taxonomy)
+    taxonomy = cfg.class_table
+    classes = taxonomy.classes
     root = Path(data_root) if data_root is not None else _data_root(cfg)
     if not root.is_dir():
         raise BuildError(f"data root {root} not found (set data_root in the config or DETECTOR_SHARED_DATA)")
@@ -708,29 +788,32 @@ def build(
         st.ignored_objects = dict(sorted(ignored.items()))
         share = cfg.empty_share if src.empty_share is None else src.empty_share
         for split in sorted(by_split):
-            selected += select_chips(src, by_split[split], share, rng, st)
+            selected += select_chips(src, by_split[split], share, rng, st, classes)
 
     # 5. write
     final = out
     if not dry_run:
         out = _prepare_staging(final)
-        _render(selected, cfg, out, progress)
+        with _removed_on_error(out):
+            _render(selected, cfg, out, progress)
     splits: dict[str, dict[str, Any]] = {}
     for split in SPLITS:
         cs = [c for c in selected if c.split == split]
-        inst = Counter(TAXONOMY[o.cls_id] for c in cs for o in c.objects)
+        inst = Counter(classes[o.cls_id] for c in cs for o in c.objects)
         splits[split] = {
             "chips": len(cs),
             "empty_chips": sum(1 for c in cs if not c.objects),
             "images": len({str(c.image.image) for c in cs}),
-            "instances": {k: inst.get(k, 0) for k in TAXONOMY},
+            "instances": {k: inst.get(k, 0) for k in classes},
             "truncated": sum(o.truncated for c in cs for o in c.objects),
         }
     data_yaml = {
         "path": str(final.resolve()),
         "train": "images/train",
         "val": "images/val",
-        "names": dict(enumerate(TAXONOMY)),
+        "names": dict(enumerate(classes)),
+        # the class table the names come from: training derives its head remap from its `dota_v1` table
+        "taxonomy": str(taxonomy.path.resolve()) if taxonomy.path else None,
     }
     summary = Summary(
         name=cfg.name,
@@ -752,10 +835,12 @@ def build(
     if dry_run:
         logger.info("dry run, nothing written:\n%s", summary.format())
         return summary
-    (out / "data.yaml").write_text(yaml.safe_dump(data_yaml, sort_keys=False))
-    (out / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2))
-    (out / "READY").write_text(f"built {time.strftime('%Y-%m-%d %H:%M:%S')} in {summary.build_seconds} s\n")
-    _publish(out, final)
+    with _removed_on_error(out):
+        (out / "data.yaml").write_text(yaml.safe_dump(data_yaml, sort_keys=False))
+        (out / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2))
+        built = time.strftime("%Y-%m-%d %H:%M:%S")
+        (out / "READY").write_text(f"built {built} in {summary.build_seconds} s\n")
+        _publish(out, final)
     logger.info("%s", summary.format())
     return summary
 

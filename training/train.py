@@ -1,13 +1,16 @@
-"""Fine-tune a DOTA-trained YOLO checkpoint into our 4-class detector, with Ultralytics underneath.
+"""Fine-tune a DOTA-trained YOLO checkpoint into our detector, with Ultralytics underneath.
 
-The flow, top to bottom:
+The class list is the dataset's (``names`` of its data YAML, which ``detector data build`` writes from the
+taxonomy file of the build, our 4 classes by default). The flow, top to bottom:
 
 1. :func:`load_config`: YAML defaults -> ``key=value`` overrides -> a validated :class:`TrainConfig`.
-2. :func:`build_model`: a detect (or OBB) model built from the checkpoint's own architecture with ``nc=4`` and
-   every tensor copied from the checkpoint whose name and shape match. The OBB angle branch ``cv4`` is dropped for
-   a detect model. The last conv of each class branch (``cv3``) gets the checkpoint's rows ``class_index``
-   (DOTA plane, helicopter, small vehicle, large vehicle -> our 4 classes), so the pretrained class knowledge
-   survives, helicopters included (:func:`remap_state_dict` is the pure part of this).
+2. :func:`build_model`: a detect (or OBB) model built from the checkpoint's own architecture with one output
+   per class and every tensor copied from the checkpoint whose name and shape match. The OBB angle branch
+   ``cv4`` is dropped for a detect model. The last conv of each class branch (``cv3``) gets the checkpoint's
+   rows ``class_index``: by default (``"auto"``, :func:`auto_class_index`) the DOTA channel that the
+   ``dota_v1`` table of the taxonomy maps to each class (DOTA plane, helicopter, small vehicle, large vehicle
+   -> our 4 classes), so the pretrained class knowledge survives, helicopters included
+   (:func:`remap_state_dict` is the pure part of this).
 3. :func:`train`: an Ultralytics trainer with that model injected (nothing is rebuilt or downloaded), the
    overhead-imagery augmentations of :mod:`training.augment`, and the merged config dumped to
    ``<project>/<name>/config.yaml``. A run whose ``weights/last.pt`` exists is resumed.
@@ -36,7 +39,7 @@ from unittest import mock
 
 import yaml
 
-from detector.backends.base import TAXONOMY
+from detector.taxonomy import Taxonomy, load_taxonomy, normalize_class
 from training.augment import AugmentConfig, overhead_augmentations
 
 if TYPE_CHECKING:
@@ -45,9 +48,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: DOTA v1.0 output channel of each of our classes, in TAXONOMY order:
-#: 0 plane -> aircraft, 11 helicopter, 10 small vehicle, 9 large vehicle.
-DOTA_CLASS_INDEX: tuple[int, ...] = (0, 11, 10, 9)
+#: ``class_index`` value that derives the head remap from the checkpoint's and the dataset's class names.
+AUTO = "auto"
 
 # The final 1x1 conv of a class branch: "model.22.cv3.0.2.weight" (v8) or "....one2one_cv3.1.2.bias" (YOLO26).
 # Hidden layers of the branch end in ".conv.weight" / ".bn.*" and never match.
@@ -60,12 +62,14 @@ class TrainConfig:
 
     Attributes:
         name: run name; the run lives in ``<project>/<name>``.
-        data: Ultralytics dataset YAML (detect layout, ``names`` in TAXONOMY order).
+        data: Ultralytics dataset YAML (detect layout; its ``names`` are the model's classes, in id order, and
+            must be classes of its ``taxonomy`` file, default the shipped ``configs/taxonomy.yaml``).
         weights: starting checkpoint (``.pt``) to remap, or a model YAML (e.g. ``yolov8n.yaml``) to train
             from scratch.
         task: ``"detect"`` (axis-aligned boxes) or ``"obb"`` (rotated boxes).
-        class_index: the checkpoint's class channel for each of our classes (TAXONOMY order); ``None`` copies
-            the class head only where its shape already matches.
+        class_index: the checkpoint's class channel for each class of the dataset (``names`` order; an entry
+            ``null`` keeps that class freshly initialised); ``"auto"`` derives it (:func:`auto_class_index`);
+            ``None`` copies the class head only where its shape already matches.
         project: folder holding the runs.
         imgsz: square training image size (a multiple of 32).
         batch: images per batch.
@@ -111,7 +115,7 @@ class TrainConfig:
     data: str = "datasets/cpu/data.yaml"
     weights: str = "weights/pretrained/yolov8n-obb.pt"
     task: str = "detect"
-    class_index: list[int] | None = field(default_factory=lambda: list(DOTA_CLASS_INDEX))
+    class_index: list[int | None] | str | None = AUTO
     project: str = "runs"
     imgsz: int = 640
     batch: int = 16
@@ -165,12 +169,20 @@ class TrainConfig:
             raise ValueError("optimizer 'auto' ignores lr0 and momentum; name one (e.g. 'SGD' or 'AdamW')")
         if self.cache not in (False, True, "ram", "disk"):
             raise ValueError(f"cache must be false, 'ram' or 'disk', got {self.cache!r}")
-        if self.class_index is not None:
-            self.class_index = [int(i) for i in self.class_index]
-            if len(self.class_index) != len(TAXONOMY):
+        if isinstance(self.class_index, str):
+            if self.class_index != AUTO:
                 raise ValueError(
-                    f"class_index needs one source channel per class of {TAXONOMY}, got {self.class_index!r}"
+                    f"class_index must be {AUTO!r}, null or a list of source channels, got {self.class_index!r}"
                 )
+        elif self.class_index is not None:
+            if not isinstance(self.class_index, (list, tuple)) or not all(
+                i is None or (isinstance(i, int) and not isinstance(i, bool) and i >= 0) for i in self.class_index
+            ):
+                raise ValueError(
+                    f"class_index must be {AUTO!r}, null or a list of source channels (>= 0 or null), "
+                    f"got {self.class_index!r}"
+                )
+            self.class_index = list(self.class_index)
         if isinstance(self.augment, Mapping):
             self.augment = _build(AugmentConfig, dict(self.augment), "augment")
         if not isinstance(self.ultralytics, dict):
@@ -312,7 +324,7 @@ class RemapReport:
 def remap_state_dict(
     src: Mapping[str, torch.Tensor],
     dst: Mapping[str, torch.Tensor],
-    class_index: Sequence[int] | None,
+    class_index: Sequence[int | None] | None,
 ) -> tuple[dict[str, torch.Tensor], RemapReport]:
     """Fill a new model's state dict from a pretrained one, choosing class rows of the class head.
 
@@ -322,8 +334,9 @@ def remap_state_dict(
         src: the pretrained state dict (e.g. the 15-class DOTA OBB model).
         dst: the freshly built model's state dict; it gives the names and shapes to fill.
         class_index: source output channel for each destination class. Applied to the last conv of every
-            class branch (``cv3.<scale>.<last>`` and ``one2one_cv3``): ``dst[k] = src[k][class_index]``.
-            ``None`` treats those tensors like all others (copied only when the shapes match).
+            class branch (``cv3.<scale>.<last>`` and ``one2one_cv3``): ``dst[k] = src[k][class_index]``; a
+            ``None`` entry keeps that destination row at its initial value. ``None`` treats those tensors
+            like all others (copied only when the shapes match).
 
     Returns:
         The new state dict (every key of ``dst``) and a :class:`RemapReport`.
@@ -341,12 +354,14 @@ def remap_state_dict(
             n_src, n_dst = s.shape[0], d.shape[0]
             if len(class_index) != n_dst:
                 raise ValueError(f"{k}: class_index has {len(class_index)} entries for {n_dst} classes")
-            bad = [i for i in class_index if not 0 <= i < n_src]
+            bad = [i for i in class_index if i is not None and not 0 <= i < n_src]
             if bad:
                 raise ValueError(f"{k}: class_index {bad} outside the {n_src} source classes")
-            rows = s[list(class_index)]
-            if rows.shape == d.shape:
-                out[k] = rows.detach().clone().to(d.dtype)
+            pick = [j for j, i in enumerate(class_index) if i is not None]
+            if pick and s.shape[1:] == d.shape[1:]:
+                rows = d.detach().clone()  # rows without a source channel keep their initial values
+                rows[pick] = s[[class_index[j] for j in pick]].detach().to(d.dtype)
+                out[k] = rows
                 report.remapped.append(k)
                 used.add(k)
                 continue
@@ -380,12 +395,31 @@ def _target_cfg(src_yaml: dict[str, Any], task: str, nc: int) -> dict[str, Any]:
     return cfg
 
 
+def auto_class_index(
+    source_names: Sequence[str], names: Sequence[str], taxonomy: Taxonomy | None = None
+) -> list[int | None] | None:
+    """The source channel that starts each class of ``names`` when fine-tuning a checkpoint.
+
+    A DOTA v1.0 checkpoint: the ``dota_v1`` table of ``taxonomy`` (default: the shipped one), see
+    :meth:`~detector.taxonomy.Taxonomy.source_channels`. Any other checkpoint: the channel of the same class
+    name. ``None`` entries (no source class) start fresh; ``None`` when no class has a source channel.
+    """
+    tax = taxonomy if taxonomy is not None else load_taxonomy()
+    if tax.is_dota_v1(source_names):
+        index = tax.source_channels(names)
+    else:
+        src = [normalize_class(n) for n in source_names]
+        index = [src.index(normalize_class(n)) if normalize_class(n) in src else None for n in names]
+    return index if any(i is not None for i in index) else None
+
+
 def build_model(
     weights: str | Path,
     *,
     task: str = "detect",
-    class_index: Sequence[int] | None = DOTA_CLASS_INDEX,
-    names: Sequence[str] = TAXONOMY,
+    class_index: Sequence[int | None] | str | None = AUTO,
+    names: Sequence[str] | None = None,
+    taxonomy: Taxonomy | None = None,
     verbose: bool = False,
 ) -> tuple[nn.Module, RemapReport]:
     """Build a ``len(names)``-class model from a pretrained checkpoint (or a model YAML, from scratch).
@@ -394,8 +428,10 @@ def build_model(
         weights: a ``.pt`` checkpoint (its architecture is kept; an OBB head becomes a Detect head when
             ``task='detect'``), or a model YAML such as ``yolov8n.yaml`` for random initialisation.
         task: ``"detect"`` or ``"obb"``.
-        class_index: source class channel per output class (see :func:`remap_state_dict`).
-        names: output class names.
+        class_index: source class channel per output class (see :func:`remap_state_dict`), or ``"auto"``
+            (:func:`auto_class_index` from the checkpoint's class names).
+        names: output class names (default: the classes of ``taxonomy``).
+        taxonomy: the class table whose ``dota_v1`` table the automatic remap uses (default: the shipped one).
         verbose: let Ultralytics print the model summary.
 
     Returns:
@@ -408,6 +444,8 @@ def build_model(
     from ultralytics.nn.tasks import DetectionModel, OBBModel, load_checkpoint
 
     model_cls = DetectionModel if task == "detect" else OBBModel
+    tax = taxonomy if taxonomy is not None else load_taxonomy()
+    names = tuple(names) if names is not None else tax.classes
     nc = len(names)
     path = Path(weights)
     if path.suffix in (".yaml", ".yml"):
@@ -422,6 +460,10 @@ def build_model(
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from e
         model = model_cls(cfg, nc=nc, verbose=verbose)
+        if isinstance(class_index, str):  # AUTO (TrainConfig checks the value)
+            src_names = src.names.values() if isinstance(src.names, dict) else src.names
+            class_index = auto_class_index([str(n) for n in src_names], names, tax)
+            logger.info("%s: class head rows %s for %s", path.name, class_index, list(names))
         try:
             state, report = remap_state_dict(src.state_dict(), model.state_dict(), class_index)
         except ValueError as e:
@@ -469,6 +511,35 @@ def _finished(last: Path) -> bool:
 
     ckpt = torch.load(last, map_location="cpu", weights_only=False)
     return ckpt.get("epoch", -1) == -1
+
+
+def dataset_classes(data: str | Path) -> tuple[tuple[str, ...], Taxonomy]:
+    """The class names of a dataset YAML (in id order) and the taxonomy they come from.
+
+    The taxonomy is the file named by the YAML's ``taxonomy`` key (``detector data build`` writes it), else the
+    shipped ``configs/taxonomy.yaml``; every name must be one of its classes.
+
+    Raises:
+        ValueError: the YAML has no ``names``, or a name is not a class of the taxonomy (the message names both
+            files).
+        TaxonomyError: the taxonomy file is missing or malformed.
+    """
+    d = yaml.safe_load(Path(data).read_text()) or {}
+    raw = d.get("names") if isinstance(d, dict) else None
+    if isinstance(raw, dict):
+        names = tuple(str(raw[k]) for k in sorted(raw))
+    elif isinstance(raw, list):
+        names = tuple(str(n) for n in raw)
+    else:
+        raise ValueError(f"{data}: expected `names` (class id -> name), got {raw!r}")
+    tax = load_taxonomy(d.get("taxonomy"))
+    bad = [n for n in names if n not in tax.classes]
+    if bad:
+        raise ValueError(
+            f"{data}: names must be classes of {tax.path} ({list(tax.classes)}), got {list(bad)}; name the "
+            "class table of another class list under `taxonomy:` in the dataset YAML"
+        )
+    return names, tax
 
 
 def train(cfg: TrainConfig, callbacks: Mapping[str, Sequence[Callable[[Any], None]]] | None = None) -> Path:
@@ -527,11 +598,10 @@ def train(cfg: TrainConfig, callbacks: Mapping[str, Sequence[Callable[[Any], Non
             for f in funcs:
                 trainer.add_callback(event, f)
         if resume_from is None:
-            if tuple(trainer.data["names"].values()) != TAXONOMY:
-                raise ValueError(
-                    f"{data}: names must be {TAXONOMY} in this order, got {trainer.data['names']}"
-                )
-            model, _ = build_model(cfg.weights, task=cfg.task, class_index=cfg.class_index)
+            names, tax = dataset_classes(data)
+            model, _ = build_model(
+                cfg.weights, task=cfg.task, class_index=cfg.class_index, names=names, taxonomy=tax
+            )
             trainer.model = model  # setup_model() keeps an injected module: no rebuild, no download
         trainer.train()
     metrics = {k: float(v) for k, v in (trainer.metrics or {}).items()}

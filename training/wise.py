@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from detector.writers import WriteError, atomic_path
-from training.train import DOTA_CLASS_INDEX, build_model
+from training.train import AUTO, build_model
 
 if TYPE_CHECKING:
     import torch
@@ -75,7 +75,7 @@ def wise(
     out: str | Path,
     alpha: float,
     *,
-    class_index: Sequence[int] | None = DOTA_CLASS_INDEX,
+    class_index: Sequence[int | None] | str | None = AUTO,
 ) -> Path:
     """Write the WiSE-FT mix of a fine-tuned checkpoint and its (remapped) pretrained start.
 
@@ -86,7 +86,8 @@ def wise(
         out: the checkpoint to write (atomically); the fine-tuned checkpoint's other entries are kept and a
             ``wise`` entry records the inputs and ``alpha``.
         alpha: weight of the fine-tuned model (see :func:`interpolate_state`).
-        class_index: source class channel per output class, as in training.
+        class_index: source class channel per output class, as in training (``"auto"``: derived from the
+            two models' class names, see :func:`training.train.auto_class_index`).
 
     Returns:
         ``out``.

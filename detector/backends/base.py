@@ -20,9 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from detector.detections import Detections
-
-#: Our taxonomy, in class-id order. Every model we ship or map outputs these names.
-TAXONOMY: tuple[str, ...] = ("aircraft", "helicopter", "small-vehicle", "large-vehicle")
+from detector.taxonomy import default_classes
 
 #: Metadata key under which a model file stores :class:`ModelMeta` as JSON (ONNX ``metadata_props``).
 META_KEY = "detector_meta"
@@ -35,7 +33,8 @@ class ModelMeta:
     Attributes:
         raw_names: the network's own output classes, in output-channel order (15 DOTA names for the
             DOTA-trained models, our 4 names for our own model).
-        class_map: raw class index -> our class name; raw classes absent from it are dropped at decode time.
+        class_map: raw class index -> output class name (one of ``names``); raw classes absent from it are
+            dropped at decode time.
         imgsz: square network input size in pixels (the tile size by default).
         task: ``"detect"`` (axis-aligned boxes) or ``"obb"`` (rotated boxes).
         normalization: how RGB uint8 pixels become network input; ``"rgb/255"`` for Ultralytics models.
@@ -44,6 +43,11 @@ class ModelMeta:
             raw ``(B, 4+nc(+1), A)`` head.
         name: a human-readable model name (e.g. ``"yolov8n-obb-dota"``).
         extra: anything else worth keeping (training data, export versions, ...).
+        names: the model's output class names in class-id order (what ``Detections.class_names`` of its
+            predictions holds). Metadata written before this field existed lacks it: it then defaults to the
+            classes of ``configs/taxonomy.yaml`` (:func:`detector.taxonomy.default_classes`).
+        gsd_range: ``(min, max)`` ground sample distance of the training imagery in m/px, or ``None`` when
+            unknown.
     """
 
     raw_names: tuple[str, ...]
@@ -55,35 +59,56 @@ class ModelMeta:
     end_to_end: bool = False
     name: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    names: tuple[str, ...] = ()
+    gsd_range: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.task not in ("detect", "obb"):
             raise ValueError(f"ModelMeta.task must be 'detect' or 'obb', got {self.task!r}")
         if self.imgsz <= 0 or self.imgsz % 32:
             raise ValueError(f"ModelMeta.imgsz must be a positive multiple of 32, got {self.imgsz!r}")
+        names = tuple(str(n) for n in self.names) if self.names else default_classes()
+        if len(set(names)) != len(names):
+            raise ValueError(f"ModelMeta.names lists a class twice: {names}")
         cmap = {int(k): str(v) for k, v in self.class_map.items()}
         for k, v in cmap.items():
             if not 0 <= k < len(self.raw_names):
                 raise ValueError(f"class_map index {k} is outside the {len(self.raw_names)} raw classes")
-            if v not in TAXONOMY:
-                raise ValueError(f"class_map maps to {v!r}, which is not one of {TAXONOMY}")
+            if v not in names:
+                raise ValueError(f"class_map maps to {v!r}, which is not one of the model's names {names}")
         object.__setattr__(self, "class_map", cmap)
         object.__setattr__(self, "raw_names", tuple(self.raw_names))
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        """Our output class names (always the full taxonomy, so ids are stable across models)."""
-        return TAXONOMY
+        object.__setattr__(self, "names", names)
+        if self.gsd_range is not None:
+            lo, hi = (float(v) for v in self.gsd_range)
+            if not 0 < lo <= hi:
+                raise ValueError(
+                    f"ModelMeta.gsd_range must be (min, max) with 0 < min <= max, got {self.gsd_range!r}"
+                )
+            object.__setattr__(self, "gsd_range", (lo, hi))
 
     def to_json(self) -> str:
+        """The metadata as JSON text (what a model file stores under :data:`META_KEY`)."""
         d = asdict(self)
         d["class_map"] = {str(k): v for k, v in self.class_map.items()}
+        d["names"] = list(self.names)
+        d["gsd_range"] = None if self.gsd_range is None else list(self.gsd_range)
         return json.dumps(d, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> ModelMeta:
+        """Parse :meth:`to_json` output; metadata of older files (no ``names``, no ``gsd_range``) is accepted.
+
+        Raises:
+            ValueError: not JSON, not an object, unknown or missing fields, or invalid values.
+        """
         d = json.loads(text)
-        d["class_map"] = {int(k): v for k, v in d["class_map"].items()}
+        if not isinstance(d, dict):
+            raise ValueError(f"model metadata must be a JSON object, got {type(d).__name__}")
+        d["class_map"] = {int(k): v for k, v in d.get("class_map", {}).items()}
+        d["names"] = tuple(d.get("names") or ())
+        if d.get("gsd_range") is not None:
+            d["gsd_range"] = tuple(d["gsd_range"])
         return cls(**d)
 
 

@@ -20,6 +20,7 @@ See :mod:`detector.labels.types` for the coordinate contract.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,7 @@ def read_dataset(
         where = str(spec)
         try:
             loaded = yaml.safe_load(Path(spec).read_text())
-        except (OSError, yaml.YAMLError) as e:
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
             raise LabelError(f"{spec}: cannot read the dataset spec ({e})") from e
         base = Path(spec).resolve().parent
         spec = loaded
@@ -106,6 +107,13 @@ def read_dataset(
         raise LabelError(f"{where}: format must be one of {FORMATS}, got {spec.get('format')!r}")
     if "path" not in spec:
         raise LabelError(f"{where}: `path` is required")
+    for key in ("path", "images", "labels", "root", "taxonomy", "group", "group_pattern"):
+        if spec.get(key) is not None and not isinstance(spec[key], (str, Path)):
+            raise LabelError(f"{where}: `{key}` must be a string, got {spec[key]!r}")
+    on_error = spec.get("on_error", "raise")
+    if on_error not in ("raise", "skip"):
+        raise LabelError(f"{where}: on_error must be 'raise' or 'skip', got {on_error!r}")
+    gsd = _gsd(spec.get("gsd"), where)
     if root is not None:
         base = Path(root)
     elif spec.get("root") is not None:
@@ -129,8 +137,6 @@ def read_dataset(
     else:
         tax = taxonomy  # type: ignore[assignment]
     name = str(spec.get("name") or fmt)
-    gsd = float(spec["gsd"]) if spec.get("gsd") is not None else None
-    on_error = spec.get("on_error", "raise")
     common: dict[str, Any] = {
         "dataset": name,
         "taxonomy": tax,
@@ -161,3 +167,16 @@ def read_dataset(
         names = resolve(names)
     reader = {"yolo": read_yolo, "yolo_obb": read_yolo_obb, "yolo_seg": read_yolo_seg}[fmt]
     return reader(path, labels=resolve(spec.get("labels")), names=names, group=spec.get("group"), **common)
+
+
+def _gsd(value: Any, where: str) -> float | None:
+    """The spec's ``gsd`` in m/px (``None`` when absent)."""
+    if value is None:
+        return None
+    try:
+        gsd = float(value)
+    except (TypeError, ValueError):
+        gsd = math.nan
+    if isinstance(value, bool) or not 0 < gsd < math.inf:
+        raise LabelError(f"{where}: gsd must be a positive number of metres per pixel, got {value!r}")
+    return gsd

@@ -16,8 +16,10 @@ from detector.labels.types import (
     LineErrors,
     OnError,
     box_polygon,
+    check_pattern,
     find_image,
     group_of,
+    has_area,
     image_size,
     map_class,
     min_area_rect,
@@ -38,8 +40,8 @@ def _polygon(wkt: str) -> tuple[np.ndarray, bool, np.ndarray]:
     if geom is None or geom.geom_type != "Polygon" or geom.is_empty:
         raise ValueError(f"expected a POLYGON, got {geom.geom_type if geom is not None else 'nothing'}")
     pts = np.asarray(geom.exterior.coords, dtype=np.float64)[:-1]
-    if len(np.unique(pts, axis=0)) < 3 or geom.area <= 0:
-        raise ValueError("polygon has no area")
+    if len(np.unique(pts, axis=0)) < 3 or geom.area <= 0 or not has_area(pts):
+        raise ValueError("polygon has no area (all points on a line)")
     x1, y1 = pts.min(axis=0)
     x2, y2 = pts.max(axis=0)
     if np.isclose(geom.area, (x2 - x1) * (y2 - y1)):  # an axis-aligned rectangle
@@ -69,6 +71,7 @@ def read_csv_polygons(
     path = Path(path)
     img_dir = Path(images) if images is not None else path.parent
     errs = LineErrors(path, on_error)
+    check_pattern(group_pattern, path)
     rows: dict[str, list[tuple[int, str, str]]] = defaultdict(list)
     try:
         with path.open(newline="") as f:
@@ -94,6 +97,13 @@ def read_csv_polygons(
         img = img_dir / img_id if Path(img_id).suffix else find_image(img_dir, img_id)
         if img is None or not img.is_file():
             errs(rows[img_id][0][0], f"image {img_id!r} not found in {img_dir}")
+            orphan.append(errs.skipped[-1])
+            continue
+        try:
+            w, h = image_size(img)
+        except LabelError as e:
+            errs.report(f"{path}:{rows[img_id][0][0]}: {e}")
+            orphan.append(errs.skipped[-1])
             continue
         first = len(errs.skipped)
         anns: list[Annotation] = []
@@ -113,7 +123,6 @@ def read_csv_polygons(
                     attrs={"source_cls": source, "dataset": dataset, "outline": outline},
                 )
             )
-        w, h = image_size(img)
         out.append(
             LabeledImage(
                 img, w, h, gsd, anns, group_of(img.name, group_pattern), dataset, errs.skipped[first:]

@@ -14,7 +14,9 @@ from detector.labels.types import (
     LabelError,
     LineErrors,
     OnError,
+    check_pattern,
     group_of,
+    has_area,
     image_size,
     list_images,
     map_class,
@@ -73,6 +75,9 @@ def parse_dota_file(
         if not np.isfinite(coords).all():
             errs(lineno, f"non-finite coordinates: {line!r}")
             continue
+        if not has_area(coords):
+            errs(lineno, f"polygon has no area (its 4 points are on a line): {line!r}")
+            continue
         difficult = False
         if len(parts) == 10:
             if parts[9] not in ("0", "1", "2"):
@@ -110,27 +115,38 @@ def read_dota(
     Every image is returned; an image without a label file is an unlabelled negative (logged). The header's
     ``gsd`` wins over the ``gsd`` argument.
 
+    With ``on_error="skip"`` a malformed line, a label file without its image and an image whose header does
+    not read are skipped with a warning and listed in ``LabeledImage.skipped`` (whole files with the first
+    image).
+
     Raises:
-        LabelError: a folder is missing, a label file has no image, or a line is malformed (``on_error="raise"``).
+        LabelError: a folder is missing, or (with ``on_error="raise"``) a label file has no image, an image
+            does not read, or a line is malformed (a polygon of 4 points on a line among them); the message
+            names the file and line.
     """
     root = Path(root)
     img_dir = Path(images) if images is not None else root / "images"
     lbl_dir = Path(labels) if labels is not None else root / "labelTxt"
     if not lbl_dir.is_dir():
         raise LabelError(f"{lbl_dir}: DOTA label folder not found")
+    check_pattern(group_pattern, lbl_dir)
+    # files skipped whole: a label without its image, an image that does not read
+    errs = LineErrors(lbl_dir, on_error)
     imgs = {p.stem: p for p in list_images(img_dir)}
     out: list[LabeledImage] = []
     for lbl in sorted(lbl_dir.glob("*.txt")):
         img = imgs.pop(lbl.stem, None)
         if img is None:
-            if on_error == "raise":
-                raise LabelError(f"{lbl}: no image named {lbl.stem}.* in {img_dir}")
-            logger.warning("skipped %s: no image named %s.* in %s", lbl, lbl.stem, img_dir)
+            errs.report(f"{lbl}: no image named {lbl.stem}.* in {img_dir}")
+            continue
+        try:
+            w, h = image_size(img)
+        except LabelError as e:
+            errs.report(str(e))
             continue
         anns, head_gsd, skipped = parse_dota_file(
             lbl, img, dataset=dataset, taxonomy=taxonomy, on_error=on_error
         )
-        w, h = image_size(img)
         out.append(
             LabeledImage(
                 image=img,
@@ -145,7 +161,13 @@ def read_dota(
         )
     for _, img in sorted(imgs.items()):
         logger.info("%s has no label file in %s: read as an image without objects", img, lbl_dir)
-        w, h = image_size(img)
+        try:
+            w, h = image_size(img)
+        except LabelError as e:
+            errs.report(str(e))
+            continue
         out.append(LabeledImage(img, w, h, gsd, [], group_of(img.name, group_pattern), dataset))
     out.sort(key=lambda li: li.image.name)
+    if out and errs.skipped:
+        out[0].skipped[:0] = errs.skipped  # files skipped whole are reported with the first image
     return out

@@ -7,7 +7,7 @@ Data contract:
   pixel). For an axis-aligned box the corners are ``x1,y1 / x2,y1 / x2,y2 / x1,y2`` and ``rotated`` is
   ``False``; for a rotated box (DOTA, YOLO-OBB, or a polygon reduced to its minimum-area rectangle) the corners
   are in the source's order and ``rotated`` is ``True``.
-* ``Annotation.cls`` is our class (one of :data:`detector.backends.base.TAXONOMY`), ``"ignore"`` when the
+* ``Annotation.cls`` is our class (one of the taxonomy's ``classes``), ``"ignore"`` when the
   taxonomy drops the source class, or the source class itself when the reader ran without a taxonomy.
   ``source_cls`` is always the publisher's label; ``attrs["source_cls"]`` repeats it next to anything finer.
   Polygon labels keep their full outline in ``attrs["outline"]`` (``(K, 2)`` image pixels): its axis-aligned
@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from detector.errors import LabelError  # noqa: F401  (re-exported)
+from detector.errors import LabelError, RasterError  # noqa: F401  (LabelError: re-exported)
 from detector.taxonomy import Taxonomy
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 
 _ROBOFLOW = re.compile(r"_(jpe?g|png|tiff?|bmp|webp)\.rf\.[0-9a-f]+$", re.IGNORECASE)
 
-
+#: A footprint whose minimum-area rectangle is narrower than this (pixels) has no area: its points lie on a
+#: line (or are one point), and it would become a box as long as the line with nothing inside.
+MIN_WIDTH_PX = 1e-3
 
 
 @dataclass
@@ -123,16 +126,31 @@ def group_of(name: str | Path, pattern: str | None = None) -> str:
 def image_size(path: Path) -> tuple[int, int]:
     """``(width, height)`` of an image from its header, without decoding the pixels.
 
+    Images larger than PIL's decompression-bomb guard (whole DOTA scenes can be) are measured with rasterio.
+
     Raises:
         LabelError: the file is missing or not an image.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
-        with Image.open(path) as im:
-            return int(im.size[0]), int(im.size[1])
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return int(im.size[0]), int(im.size[1])
+    except Image.DecompressionBombError:
+        pass
+    except (OSError, SyntaxError, ValueError, ImportError) as e:
+        # UnidentifiedImageError is an OSError; ImportError: Ultralytics, once imported, patches Image.open to
+        # look for a HEIF plugin when PIL cannot identify a file
         raise LabelError(f"{path}: cannot read the image header ({e})") from e
+    from detector.raster import open_dataset  # rasterio: only for such large images
+
+    try:
+        with open_dataset(path) as ds:
+            return int(ds.width), int(ds.height)
+    except RasterError as e:  # it names the file
+        raise LabelError(str(e)) from e
 
 
 def find_image(directory: Path, stem: str) -> Path | None:
@@ -164,6 +182,30 @@ def box_polygon(x1: float, y1: float, x2: float, y2: float) -> np.ndarray:
     return np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], dtype=np.float64)
 
 
+def check_pattern(pattern: str | None, where: str | Path) -> None:
+    """Raise a :class:`LabelError` naming ``where`` when ``pattern`` is not a valid regular expression."""
+    if pattern is None:
+        return
+    try:
+        re.compile(pattern)
+    except (re.error, TypeError) as e:
+        raise LabelError(f"{where}: group_pattern {pattern!r} is not a regular expression ({e})") from e
+
+
+def has_area(points: np.ndarray) -> bool:
+    """False when the points span no area: all on one line or at one point (see :data:`MIN_WIDTH_PX`).
+
+    The test is the width of the minimum-area rectangle, so a diagonal line is caught as well as a horizontal
+    one, and a self-intersecting outline (a bow tie) with a real extent is not.
+    """
+    return rect_width(min_area_rect(points)) >= MIN_WIDTH_PX
+
+
+def rect_width(rect: np.ndarray) -> float:
+    """The shorter side of a rectangle ``(4, 2)`` (corners in order), in its units."""
+    return float(min(np.linalg.norm(rect[1] - rect[0]), np.linalg.norm(rect[2] - rect[1])))
+
+
 def min_area_rect(points: np.ndarray) -> np.ndarray:
     """The minimum-area rotated rectangle ``(4, 2)`` enclosing ``points`` ``(K, 2)`` (shapely).
 
@@ -188,15 +230,19 @@ class LineErrors:
 
     def __init__(self, path: Path, on_error: OnError) -> None:
         if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+            raise LabelError(f"{path}: on_error must be 'raise' or 'skip', got {on_error!r}")
         self.path = path
         self.on_error = on_error
         self.skipped: list[str] = []
 
     def __call__(self, lineno: int | None, problem: str) -> None:
+        """A problem of line ``lineno`` of the file (``None``: of a record, or of the file itself)."""
         where = f"{self.path}:{lineno}" if lineno is not None else str(self.path)
-        msg = f"{where}: {problem}"
+        self.report(f"{where}: {problem}")
+
+    def report(self, message: str) -> None:
+        """Raise ``message`` (which names the file) as a :class:`LabelError`, or log it and count it."""
         if self.on_error == "raise":
-            raise LabelError(msg)
-        logger.warning("skipped %s", msg)
-        self.skipped.append(msg)
+            raise LabelError(message)
+        logger.warning("skipped %s", message)
+        self.skipped.append(message)

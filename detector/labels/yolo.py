@@ -18,6 +18,7 @@ from detector.labels.types import (
     LineErrors,
     OnError,
     box_polygon,
+    check_pattern,
     group_of,
     image_size,
     list_images,
@@ -44,23 +45,36 @@ def load_names(names: Names) -> dict[int, str]:
         LabelError: the file is missing or holds no names.
     """
     if isinstance(names, dict):
-        return {int(k): str(v) for k, v in names.items()}
+        try:
+            return {int(k): str(v) for k, v in names.items()}
+        except (TypeError, ValueError) as e:
+            raise LabelError(
+                f"class names: the keys of a dict must be integer class ids, got {names!r}"
+            ) from e
     if isinstance(names, (str, Path)) and (Path(names).suffix in (".names", ".txt", ".yaml", ".yml")):
         p = Path(names)
         try:
             text = p.read_text()
-        except OSError as e:
+        except (OSError, UnicodeDecodeError) as e:
             raise LabelError(f"{p}: cannot read class names ({e})") from e
         if p.suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text) or {}
-            if "names" not in data:
-                raise LabelError(f"{p}: no `names` key")
-            return load_names(data["names"])
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as e:
+                raise LabelError(f"{p}: not valid YAML ({e})") from e
+            if not isinstance(data, dict) or "names" not in data:
+                raise LabelError(f"{p}: expected a mapping with a `names` key")
+            if not isinstance(data["names"], (list, dict)):
+                raise LabelError(f"{p}: `names` must be a list or a mapping of id -> name")
+            try:
+                return load_names(data["names"])
+            except LabelError as e:
+                raise LabelError(f"{p}: {e}") from e
         out = {i: n.strip() for i, n in enumerate(line for line in text.splitlines() if line.strip())}
         if not out:
             raise LabelError(f"{p}: no class names")
         return out
-    if isinstance(names, (str, Path)):
+    if not isinstance(names, (list, tuple)):
         raise LabelError(f"class names must be a list, a dict or a .names/.yaml file, got {names!r}")
     return {i: str(n) for i, n in enumerate(names)}
 
@@ -119,13 +133,22 @@ def read_yolo_folder(
     img_dir = Path(images)
     lbl_dir = Path(labels) if labels is not None else img_dir
     id_to_name = load_names(names)
+    check_pattern(group_pattern, lbl_dir)
+    skipped_files = LineErrors(lbl_dir, on_error)  # images skipped whole: reported with the first image
     out: list[LabeledImage] = []
     for img in list_images(img_dir):
-        w, h = image_size(img)
         lbl = lbl_dir / f"{img.stem}.txt"
+        try:
+            w, h = image_size(img)
+            lines = lbl.read_text().splitlines() if lbl.is_file() else []
+        except LabelError as e:
+            skipped_files.report(str(e))
+            continue
+        except (OSError, UnicodeDecodeError) as e:
+            skipped_files.report(f"{lbl}: cannot read the label file ({e})")
+            continue
         errs = LineErrors(lbl, on_error)
         anns: list[Annotation] = []
-        lines = lbl.read_text().splitlines() if lbl.is_file() else []
         for lineno, raw in enumerate(lines, start=1):
             tokens = raw.split()
             if not tokens:
@@ -165,6 +188,8 @@ def read_yolo_folder(
         else:
             gid = group_of(img.name, group_pattern)
         out.append(LabeledImage(img, w, h, gsd, anns, gid, dataset, errs.skipped))
+    if out and skipped_files.skipped:
+        out[0].skipped[:0] = skipped_files.skipped
     return out
 
 
@@ -192,7 +217,8 @@ def read_yolo(
         group: scene id of every image (``"folder"``: the image folder's name; ``"file"``: the full file stem);
             default: the file stem without its Roboflow suffix.
         group_pattern: regular expression giving the scene id from the file stem.
-        on_error: ``"raise"`` on a malformed line, or ``"skip"`` it with a warning.
+        on_error: ``"raise"`` on a malformed line, or ``"skip"`` it with a warning (an image whose header or
+            label file does not read is skipped whole, listed in the first image's ``skipped``).
 
     Raises:
         LabelError: naming the file and line of a malformed label (with ``on_error="raise"``).

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detector.labels.types import LabeledImage, LineErrors, OnError
+from detector.labels.types import LabeledImage, LineErrors, OnError, has_area
 from detector.labels.yolo import Names, _normalised, read_yolo_folder
 from detector.taxonomy import Taxonomy
 
@@ -17,7 +17,11 @@ def _parse_obb(
     vals = _normalised(tokens, lineno, errs, 8)
     if vals is None:
         return None
-    return vals.reshape(4, 2) * np.array([w, h], dtype=np.float64), True
+    corners = vals.reshape(4, 2) * np.array([w, h], dtype=np.float64)
+    if not has_area(corners):
+        errs(lineno, f"box has no area (its 4 corners are on a line): {' '.join(tokens)!r}")
+        return None
+    return corners, True
 
 
 def read_yolo_obb(

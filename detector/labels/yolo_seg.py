@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detector.labels.types import LabeledImage, LineErrors, OnError, min_area_rect
+from detector.labels.types import MIN_WIDTH_PX, LabeledImage, LineErrors, OnError, min_area_rect, rect_width
 from detector.labels.yolo import Names, _normalised, read_yolo_folder
 from detector.taxonomy import Taxonomy
 
@@ -35,9 +35,8 @@ def _parse_seg(
         return None
     outline = pts * np.array([w, h], dtype=np.float64)
     rect = min_area_rect(outline)
-    span = rect.max(axis=0) - rect.min(axis=0)
-    if (span <= 0).any():
-        errs(lineno, "polygon has no area (all points on a line)")
+    if rect_width(rect) < MIN_WIDTH_PX:  # a diagonal line too: its axis-aligned box would be an empty label
+        errs(lineno, f"polygon has no area (all points on a line): {' '.join(tokens)!r}")
         return None
     return rect, True, outline
 

@@ -1,0 +1,168 @@
+"""The OpenVINO backend: :class:`OpenVinoPredictor` runs our ``.onnx`` files (fp32 or INT8) on the CPU.
+
+The same file onnxruntime runs: OpenVINO's ``Core.read_model`` reads the ONNX graph and keeps its
+``metadata_props`` (our :class:`~detector.backends.base.ModelMeta` under ``META_KEY``) in the model's runtime
+info, so nothing besides the ``.onnx`` is needed. The model is compiled for the CPU with one stream, a
+latency hint, float32 precision for the layers that are not quantised (OpenVINO would otherwise pick bf16 on
+CPUs that have it, which moves scores by more than onnxruntime's float32) and ``threads`` inference threads,
+as onnxruntime's intra-op threads are set. Output decoding is :mod:`detector.backends.decode`, shared with
+onnxruntime, so both runtimes return the same detections up to floating point.
+
+Needs the ``[openvino]`` extra (``pip install 'overhead-detector[openvino]'``); importing this module does not
+import OpenVINO, building a predictor does (and says how to install it when it is missing).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detector.backends.base import META_KEY, ModelMeta
+from detector.backends.decode import (
+    check_tile_size,
+    check_tiles,
+    class_lut,
+    decode_batch,
+    meta_from_graph,
+    to_input,
+)
+from detector.detections import Detections
+from detector.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+
+def _openvino(path: Path) -> Any:
+    try:
+        import openvino
+    except ImportError as e:
+        raise ModelError(
+            f"{path}: the OpenVINO runtime is not installed (pip install 'overhead-detector[openvino]', or "
+            f"use --runtime onnxruntime): {e}"
+        ) from e
+    return openvino
+
+
+def _shape(partial: Any) -> list[Any]:
+    """An OpenVINO partial shape as a list: fixed dimensions as ints, dynamic ones as ``None``."""
+    return [int(d.get_length()) if d.is_static else None for d in partial]
+
+
+def read_openvino_model(path: str | Path) -> tuple[Any, Any, ModelMeta]:
+    """``(core, model, meta)`` for an ``.onnx`` file read by OpenVINO, its metadata checked against the graph.
+
+    Raises:
+        ModelError: OpenVINO is missing, the file is missing or not an ONNX model, or its metadata is missing
+            or does not match the graph.
+    """
+    p = Path(path)
+    ov = _openvino(p)
+    if not p.is_file():
+        raise ModelError(f"model file not found: {p}")
+    core = ov.Core()
+    try:
+        model = core.read_model(str(p))
+    except Exception as e:  # OpenVINO raises RuntimeError/GeneralFailure for unreadable files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ModelError(f"{p} is not a readable ONNX model: {type(e).__name__}: {first}") from e
+    key = ["framework", META_KEY]
+    text = str(model.get_rt_info(key).value) if model.has_rt_info(key) else None
+    meta = meta_from_graph(
+        text,
+        [_shape(i.get_partial_shape()) for i in model.inputs],
+        [_shape(o.get_partial_shape()) for o in model.outputs],
+        p,
+    )
+    return core, model, meta
+
+
+class OpenVinoPredictor:
+    """A model exported by :func:`training.export.export_onnx` (or quantised by ``detector quantize``), run
+    with OpenVINO on the CPU.
+
+    Implements :class:`~detector.backends.base.Predictor`; the tile sizes it runs are those of
+    :class:`~detector.backends.onnx.OnnxPredictor` (any multiple of 32 unless the file fixes its input size).
+
+    Args:
+        path: the ``.onnx`` file (its metadata says everything else).
+        device: ``"cpu"``; ``"cuda"`` is answered with a warning and the CPU (OpenVINO's GPU plugin is for
+            Intel GPUs and is not used here).
+        conf: score threshold (kept when ``score > conf``).
+        iou: NMS IoU threshold (unused by end-to-end models).
+        max_det: at most this many detections per tile.
+        threads: OpenVINO inference threads (``None``: all CPUs).
+
+    Raises:
+        ModelError: see :func:`read_openvino_model`, or the model does not compile.
+        ValueError: an unknown device or normalisation.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        device: str = "cpu",
+        conf: float = 0.25,
+        iou: float = 0.6,
+        max_det: int = 300,
+        threads: int | None = None,
+    ) -> None:
+        self.path = Path(path)
+        dev = str(device).lower()
+        if dev.startswith("cuda"):
+            log.warning("device=%r asked for, but the OpenVINO runtime runs on the CPU here", device)
+        elif dev != "cpu":
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        core, model, self.meta = read_openvino_model(self.path)
+        if self.meta.normalization != "rgb/255":
+            raise ValueError(f"{self.path}: unsupported normalization {self.meta.normalization!r}")
+        self.conf, self.iou, self.max_det = float(conf), float(iou), int(max_det)
+        self.lut = class_lut(self.meta)
+        dims = _shape(model.input(0).get_partial_shape())[2:]
+        #: the input side the file is fixed to, ``None`` when any multiple of 32 runs
+        self.fixed_size = dims[0] if dims[0] is not None and dims[0] == dims[1] else None
+        self.threads = int(threads or os.cpu_count() or 1)
+        config = {
+            "INFERENCE_NUM_THREADS": self.threads,
+            "NUM_STREAMS": 1,
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": "f32",
+        }
+        try:
+            self.compiled = core.compile_model(model, "CPU", config)
+        except Exception as e:
+            raise ModelError(f"{self.path}: OpenVINO cannot compile the model: {type(e).__name__}: {e}") from e
+        self.request = self.compiled.create_infer_request()
+        log.info(
+            "loaded %s (%s, %s, imgsz %d, %s) with OpenVINO on the CPU, %d threads",
+            self.path.name,
+            self.meta.name or "unnamed",
+            self.meta.task,
+            self.meta.imgsz,
+            "fixed input size" if self.fixed_size else "any tile size",
+            self.threads,
+        )
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """The raw network output for a normalised float32 ``(B, 3, S, S)`` batch."""
+        self.request.infer({0: x})
+        return np.array(self.request.get_output_tensor(0).data, copy=True)
+
+    def check_size(self, size: int) -> None:
+        """Raise ``ValueError`` unless this model runs ``size`` x ``size`` tiles (the message says how to fix)."""
+        check_tile_size(size, self.meta, self.path, fixed_size=self.fixed_size)
+
+    def predict_batch(self, tiles: np.ndarray) -> list[Detections]:
+        """``(B, S, S, 3)`` uint8 RGB tiles -> one :class:`Detections` per tile, in tile pixels."""
+        if len(tiles) == 0:
+            return []
+        self.check_size(check_tiles(tiles))
+        out = self.run(to_input(tiles))
+        return decode_batch(out, self.meta, self.lut, conf=self.conf, iou=self.iou, max_det=self.max_det)
+
+    def __repr__(self) -> str:
+        return f"OpenVinoPredictor({str(self.path)!r}, task={self.meta.task!r}, imgsz={self.meta.imgsz})"
