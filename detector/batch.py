@@ -341,7 +341,7 @@ def describe_error(error: BaseException, name: str | None = None) -> str:
     likely) is prefixed with its type. Phrases that point at nothing the user sees (GDAL's "See previous
     exception") are dropped; a message left empty by that is taken from the error's cause.
     """
-    msg = _POINTS_ELSEWHERE.sub("", " ".join(str(error).split())).strip(" .:;,")
+    msg = _POINTS_ELSEWHERE.sub("", " ".join(str(error).split())).lstrip(" :;,").rstrip(" .:;,")  # keep "../"
     if not msg:
         cause = error.__cause__ or error.__context__
         if cause is not None and cause is not error:

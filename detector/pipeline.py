@@ -10,6 +10,7 @@ The whole flow, top to bottom in :meth:`Detector.predict`:
       -> drop detections lying mostly on nodata, move to scene pixels, flag those cut by an inner tile edge
       -> (optional) one downscaled whole-scene tile for objects larger than a tile
       -> merge across seams, then one label per object (cross-class rule)  detector.merge
+      -> length_m / span_m, aircraft split into transport / small by size   detector.sizes
       -> keep the requested classes, attach CRS / transform / GSD / source
 
 Memory stays flat whatever the scene size: at most two batches of tiles are held, plus the detections.
@@ -38,10 +39,12 @@ from rasterio.windows import Window
 
 from detector.backends.base import ModelMeta, Predictor
 from detector.detections import Detections
+from detector.errors import DetectorError, RasterError
 from detector.geometry import corners
 from detector.merge import merge_cross_class, merge_detections
 from detector.model import min_tile
 from detector.raster import Scene, SceneSource, open_scene
+from detector.sizes import SizeRules, apply_sizes, derived_names, load_size_rules
 from detector.tiling import (
     RESOLUTION_FACTOR,
     TileConfig,
@@ -113,6 +116,9 @@ class Detector:
         merge_ios: intersection over the smaller footprint above which a detection cut by a tile edge is a
             piece of the other one.
         prefetch: read the next batch of tiles in a background thread while the model runs.
+        sizes: after merging, add ``length_m`` / ``span_m`` and split aircraft into ``transport-aircraft`` and
+            ``small-aircraft`` by size (:mod:`detector.sizes`): ``True`` with the shipped rules
+            (``configs/aircraft-sizes.yaml``), a :class:`~detector.sizes.SizeRules`, or ``False`` (off).
     """
 
     def __init__(
@@ -124,6 +130,7 @@ class Detector:
         prefetch: bool = True,
         cross_class_iou: float | None = 0.8,
         resolution_factor: float | None = RESOLUTION_FACTOR,
+        sizes: SizeRules | bool = True,
     ) -> None:
         if cross_class_iou is not None and not 0 <= cross_class_iou <= 1:
             raise ValueError(f"cross_class_iou must be in [0, 1] (0 or None: off), got {cross_class_iou!r}")
@@ -137,6 +144,7 @@ class Detector:
         self.prefetch = prefetch
         self.cross_class_iou = cross_class_iou
         self.resolution_factor = resolution_factor
+        self.sizes = load_size_rules() if sizes is True else (sizes or None)
 
     @classmethod
     def load(
@@ -165,6 +173,13 @@ class Detector:
     def meta(self) -> ModelMeta:
         """The model's metadata (classes, input size, training GSD)."""
         return self.predictor.meta
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The class names of the detections: the model's, then the classes derived from them by size
+        (``transport-aircraft``, ``small-aircraft``; see :mod:`detector.sizes`) unless ``sizes`` is off."""
+        names = tuple(self.meta.names)
+        return names + derived_names(names, self.sizes)
 
     def predict(
         self,
@@ -206,6 +221,51 @@ class Detector:
         parts = self.predict_tiles(source, tile=tile, bands=bands, gsd=gsd, progress=progress, force=force)
         merged = self.merge_tiles([parts], classes=classes)
         return merged if isinstance(source, (str, Path, DatasetReaderBase)) else replace(merged, source=None)
+
+    def predict_many(
+        self,
+        sources: SceneSource | str | Path | Sequence[SceneSource | str | Path],
+        *,
+        on_error: str = "raise",
+        **options: Any,
+    ) -> Iterator[Detections]:
+        """Detect objects in many scenes, one :class:`Detections` per scene, in order, lazily.
+
+        Args:
+            sources: what ``detector predict`` takes (files, folders searched for images, glob patterns),
+                one or a list of them, and anything :meth:`predict` takes (arrays, PIL images, open rasterio
+                datasets). Our own outputs (``*.quicklook.*``) are never read as scenes.
+            on_error: ``"raise"`` (the first scene that fails raises, naming it) or ``"skip"`` (a failed
+                scene is logged as one line and left out; the others go on).
+            **options: keyword arguments of :meth:`predict` (``tile``, ``classes``, ``bands``, ``gsd``,
+                ``force``), the same for every scene.
+
+        Raises:
+            RasterError: a path argument names nothing (with ``on_error="raise"``).
+            DetectorError: a scene fails (with ``on_error="raise"``).
+        """
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        items = [sources] if isinstance(sources, (str, Path)) or not isinstance(sources, Sequence) else sources
+        for item in items:
+            if isinstance(item, (str, Path)):
+                from detector.batch import expand_sources
+
+                scenes, missing = expand_sources([str(item)])
+                for arg, problem in missing:
+                    if on_error == "raise":
+                        raise RasterError(f"{arg}: {problem}")
+                    logger.error("%s: %s", arg, problem)
+                todo: list[Any] = list(scenes)
+            else:
+                todo = [item]
+            for scene in todo:
+                try:
+                    yield self.predict(scene, **options)
+                except DetectorError as e:
+                    if on_error == "raise":
+                        raise
+                    logger.error("%s", " ".join(str(e).split()))
 
     def predict_tiles(
         self,
@@ -365,6 +425,8 @@ class Detector:
         )
         if self.cross_class_iou:
             merged = merge_cross_class(merged, iou=self.cross_class_iou)
+        if self.sizes is not None:  # length_m / span_m; aircraft -> transport- / small-aircraft
+            merged = apply_sizes(replace(merged, gsd=first.gsd, source=first.source), self.sizes)
         if wanted is not None:
             merged = merged[np.isin(merged.class_ids, wanted)]
         logger.info(
@@ -426,7 +488,7 @@ class Detector:
     def _class_ids(self, classes: list[str] | None) -> np.ndarray | None:
         if classes is None:
             return None
-        names = self.meta.names
+        names = self.class_names
         unknown = [c for c in classes if c not in names]
         if unknown:
             raise ValueError(f"unknown class {unknown[0]!r}; the model knows {', '.join(names)}")

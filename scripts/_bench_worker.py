@@ -71,11 +71,15 @@ def summary(times: list[float]) -> dict[str, Any]:
     return {"times": times, "median": statistics.median(times), "min": min(times), "max": max(times)}
 
 
-def save_detections(path: str | None, xyxy: Any, xywhr: Any, scores: Any, class_ids: Any) -> None:
+def save_detections(
+    path: str | None, xyxy: Any, xywhr: Any, scores: Any, class_ids: Any, names: Any = None
+) -> None:
     if not path:
         return
+    extra = {} if names is None else {"names": np.asarray(list(names), dtype=str)}
     np.savez(
         path,
+        **extra,
         xyxy=np.asarray(xyxy, np.float64).reshape(-1, 4),
         xywhr=np.asarray(xywhr, np.float64).reshape(-1, 5) if xywhr is not None else np.zeros((0, 5)),
         rotated=np.array(xywhr is not None),
@@ -94,7 +98,8 @@ def run_ours(job: dict[str, Any]) -> dict[str, Any]:
 
     rss0 = rss_bytes()
     t0 = time.perf_counter()
-    det = Detector.load(job["weights"], conf=job["conf"])
+    runtime = job.get("runtime") or "onnxruntime"
+    det = Detector.load(job["weights"], conf=job["conf"], runtime=runtime)
     load_s = time.perf_counter() - t0
     rss_load = rss_bytes()
     cfg = TileConfig(tile=job["tile"], overlap=job["overlap"], batch=job["batch"])
@@ -104,7 +109,7 @@ def run_ours(job: dict[str, Any]) -> dict[str, Any]:
     warmup_s = time.perf_counter() - t0
     times, dets = timed(lambda: det.predict(scene, tile=cfg), job["repeats"])
     peak = peak_rss_bytes()
-    save_detections(job.get("save"), dets.xyxy, dets.xywhr, dets.scores, dets.class_ids)
+    save_detections(job.get("save"), dets.xyxy, dets.xywhr, dets.scores, dets.class_ids, dets.class_names)
     out: dict[str, Any] = {
         **summary(times),
         "warmup_s": warmup_s,
@@ -119,8 +124,10 @@ def run_ours(job: dict[str, Any]) -> dict[str, Any]:
         "peak_rss": peak,
         "torch_imported": "torch" in sys.modules,
         "intra_op_threads": _ort_threads(det.predictor),
+        "runtime": runtime,
+        "tile_size": int(dets.meta.get("tile", -1)),
     }
-    if job.get("floor"):
+    if job.get("floor") and runtime == "onnxruntime":
         # the pipeline's batches of this scene (every tile holds valid pixels here), plus batch 1
         n, b = out["tiles_run"], job["batch"]
         batches = [b] * (n // b) + ([n % b] if n % b else [])
@@ -135,9 +142,9 @@ def run_ours(job: dict[str, Any]) -> dict[str, Any]:
             "providers": det.predictor.session.get_providers(),
         }
     if job.get("ap_conf") is not None:
-        low = Detector.load(job["weights"], conf=job["ap_conf"])
+        low = Detector.load(job["weights"], conf=job["ap_conf"], runtime=runtime)
         d = low.predict(scene, tile=cfg)
-        save_detections(job.get("save_ap"), d.xyxy, d.xywhr, d.scores, d.class_ids)
+        save_detections(job.get("save_ap"), d.xyxy, d.xywhr, d.scores, d.class_ids, d.class_names)
         out["n_dets_ap"] = len(d)
     return out
 
@@ -345,7 +352,77 @@ def run_memory(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-KINDS = {"ours": run_ours, "sahi": run_sahi, "memory": run_memory}
+# --------------------------------------------------------------------------------------------------------------
+# Dask
+
+
+def _warm_worker(spec: Any, batch: int) -> int:
+    """On a worker: load the model (cached per process, as the tasks load it) and run one blank batch."""
+    det = spec.load()
+    s = det.meta.imgsz
+    det.predictor.predict_batch(np.zeros((batch, s, s, 3), np.uint8))
+    return os.getpid()
+
+
+def run_dask(job: dict[str, Any]) -> dict[str, Any]:
+    """``detector.distributed.predict_scenes`` on a local cluster of ``workers`` processes.
+
+    Each worker loads the model and runs one blank batch before the clock starts; the peak-RSS count of every
+    worker is reset then, so the peaks are those of the timed run (model included, since it stays resident).
+    ``split`` splits every scene into blocks of tiles (the default ``SPLIT_PIXELS``); otherwise scenes are never
+    split.
+    """
+    import logging
+
+    from distributed import Client
+
+    from detector import distributed as dd
+    from detector.batch import BatchConfig, ModelSpec
+    from detector.tiling import TileConfig
+
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    cfg = BatchConfig(tile=TileConfig(tile=job["tile"], overlap=job["overlap"], batch=job["batch"]))
+    t0 = time.perf_counter()
+    with dd.local_cluster(int(job["workers"])) as cluster, Client(cluster) as client:
+        spec = dd.with_worker_threads(ModelSpec(weights=job["weights"], conf=job["conf"]), client)
+        pids = client.run(_warm_worker, spec, job["batch"])
+        start_s = time.perf_counter() - t0
+        dd.reset_peak_rss(client)
+        rss_ready = client.run(rss_bytes)
+        t0 = time.perf_counter()
+        results = list(
+            dd.predict_scenes(
+                client,
+                job["scenes"],
+                spec,
+                cfg,
+                split_pixels=dd.SPLIT_PIXELS if job.get("split") else None,
+            )
+        )
+        seconds = time.perf_counter() - t0
+        peaks = dd.worker_peak_rss(client)
+    errors = [r for _, r in results if isinstance(r, str)]
+    if errors:
+        raise RuntimeError(f"{len(errors)} scene(s) failed on the cluster: {errors[0]}")
+    dets = [r for _, r in results]
+    return {
+        "seconds": seconds,
+        "start_s": start_s,
+        "scenes": len(job["scenes"]),
+        "tiles": sum(int(d.meta.get("tiles_run", 0)) for d in dets),
+        "pixels": sum(int(d.meta["width"]) * int(d.meta["height"]) for d in dets),
+        "n_dets": sum(len(d) for d in dets),
+        "threads_per_worker": spec.threads,
+        "worker_pids": list(pids.values()),
+        "worker_rss_ready": rss_ready,
+        "worker_peak_rss": peaks,
+        "client_peak_rss": peak_rss_bytes(),
+        "split_pixels": dd.SPLIT_PIXELS if job.get("split") else None,
+        "block_tiles": dd.BLOCK_TILES,
+    }
+
+
+KINDS = {"ours": run_ours, "sahi": run_sahi, "memory": run_memory, "dask": run_dask}
 
 
 def main(argv: list[str]) -> int:

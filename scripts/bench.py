@@ -57,11 +57,26 @@ from _bench_scenes import BenchScene, build_mosaic, texture_sources, write_textu
 from detector.writers import atomic_path  # noqa: E402
 
 WORKER = Path(__file__).resolve().with_name("_bench_worker.py")
-DEFAULT_ONNX = ROOT / "weights" / "pretrained" / "yolov8n-obb.onnx"
-DEFAULT_PT = ROOT / "weights" / "pretrained" / "yolov8n-obb.pt"
+ONNX_TO_PT = Path(__file__).resolve().with_name("onnx_to_pt.py")
+#: The shipped default model (fp32, onnxruntime) and its INT8 copy (run with OpenVINO).
+DEFAULT_ONNX = ROOT / "weights" / "detector.onnx"
+DEFAULT_INT8 = ROOT / "weights" / "detector-int8.onnx"
+#: ``--dota``: the DOTA-trained starting model at 1024 px, with the checkpoint it was exported from.
+DOTA_ONNX = ROOT / "weights" / "pretrained" / "yolov8n-obb.onnx"
+DOTA_PT = ROOT / "weights" / "pretrained" / "yolov8n-obb.pt"
+DOTA_TILE, DOTA_OVERLAP = 1024, 0.2
 DEFAULT_CACHE = ROOT / "build" / "bench"
 EVAL_SET = "dota/demo"
-SECTIONS = ("a", "b", "c")
+SECTIONS = ("a", "b", "c", "d", "t")
+#: Section (t): tile sizes and overlaps (pixels) tried on the headline scene.
+SWEEP_TILES = (640, 1024)
+SWEEP_OVERLAPS = (64, 128, 192)
+#: Section (d): scenes of the batch (generated GeoTIFFs of this side) and the Dask worker counts.
+DASK_BATCH = 6
+DASK_BATCH_SIDE = 2560
+DASK_WORKERS = (1, 2)
+#: Markers of the section that ``scripts/change_bench.py`` writes into the same report (carried over as it is).
+CHANGE_START, CHANGE_END = "<!-- change-bench:start -->", "<!-- change-bench:end -->"
 #: Environment variables that set thread pools; removed from the children so every library uses its defaults.
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
@@ -144,7 +159,7 @@ def load_npz(path: Path) -> Any:
         xyxy=z["xyxy"],
         scores=z["scores"],
         class_ids=z["class_ids"],
-        class_names=default_classes(),
+        class_names=tuple(str(x) for x in z["names"]) if "names" in z else default_classes(),
         xywhr=z["xywhr"] if bool(z["rotated"]) else None,
     )
 
@@ -160,6 +175,7 @@ class Settings:
     cache: Path
     onnx: Path
     pt: Path
+    int8: Path | None
     tile: int
     overlap: float
     batch: int
@@ -175,6 +191,43 @@ class Settings:
     timeout: float
     json_out: Path
     command: str
+    dota: bool = False
+    rebuild_pt: bool = False
+    dask_workers: tuple[int, ...] = DASK_WORKERS
+    dask_batch: int = DASK_BATCH
+
+    @property
+    def overlap_px(self) -> int:
+        """The overlap in pixels (``overlap`` is a fraction of the tile below 1, pixels from 1 up)."""
+        from detector.tiling import TileConfig
+
+        return TileConfig(tile=self.tile, overlap=self.overlap).overlap_px(self.tile)
+
+    @property
+    def overlap_ratio(self) -> float:
+        """The same overlap as SAHI takes it: a fraction of the slice."""
+        return self.overlap_px / self.tile
+
+
+def ensure_pt(onnx: Path, pt: Path) -> Path:
+    """The Ultralytics ``.pt`` that SAHI runs, rebuilt from ``onnx`` by ``scripts/onnx_to_pt.py`` when missing
+    or older than the ONNX file (the rebuild checks its outputs against onnxruntime)."""
+    if pt.is_file() and pt.stat().st_mtime >= onnx.stat().st_mtime:
+        return pt
+    log(f"rebuilding {pt} from {onnx} for the SAHI side (scripts/onnx_to_pt.py)")
+    pt.parent.mkdir(parents=True, exist_ok=True)
+    env = child_env(pt.parent)
+    done = subprocess.run(
+        [sys.executable, str(ONNX_TO_PT), str(onnx), "-o", str(pt)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0 or not pt.is_file():
+        tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
+        raise BenchError(f"scripts/onnx_to_pt.py {onnx} failed (exit status {done.returncode}):\n{tail}")
+    return pt
 
 
 def comparison_scenes(s: Settings) -> tuple[list[BenchScene], dict[str, Any]]:
@@ -252,6 +305,26 @@ def section_a(
             s.timeout,
         )
         log(f"    ours: {fmt_s(row['ours']['median'])} s median, peak {fmt_mb(row['ours']['peak_rss'])} MB")
+        if with_sahi and s.int8 is not None and s.int8.is_file():
+            log(f"[{k}/{len(scenes)}] {sc.name}: ours INT8 (OpenVINO)")
+            row["int8"] = run_worker(
+                {
+                    **common,
+                    "kind": "ours",
+                    "weights": str(s.int8),
+                    "runtime": "openvino",
+                    "batch": s.batch,
+                    "ap_conf": s.ap_conf if sc.labels is not None else None,
+                    "save": str(dets_dir / f"{safe}.int8.npz"),
+                    "save_ap": str(dets_dir / f"{safe}.int8.ap.npz"),
+                },
+                f"a-{safe}-int8-openvino",
+                s.cache,
+                s.timeout,
+            )
+            log(
+                f"    INT8: {fmt_s(row['int8']['median'])} s median, peak {fmt_mb(row['int8']['peak_rss'])} MB"
+            )
         if with_sahi:
             log(f"[{k}/{len(scenes)}] {sc.name}: SAHI + Ultralytics, defaults")
             row["sahi"] = run_worker(
@@ -259,6 +332,7 @@ def section_a(
                     **common,
                     "kind": "sahi",
                     "weights": str(s.pt),
+                    "overlap": s.overlap_ratio,
                     "threads": None,
                     "standard_pred": True,
                     "ap_conf": s.ap_conf if sc.labels is not None else None,
@@ -278,6 +352,7 @@ def section_a(
                     **common,
                     "kind": "sahi",
                     "weights": str(s.pt),
+                    "overlap": s.overlap_ratio,
                     "threads": s.sahi_threads,
                     "standard_pred": True,
                     "ap_conf": None,
@@ -313,7 +388,10 @@ def accuracy(s: Settings, scenes: list[BenchScene], spec: dict[str, Any]) -> dic
             continue
         images = [x.labels for x in group]
         res: dict[str, Any] = {}
-        for side in ("ours", "sahi"):
+        sides = ["ours", "sahi"]
+        if all((dets_dir / f"{x.name.replace(' ', '_')}.int8.npz").is_file() for x in group):
+            sides.append("int8")
+        for side in sides:
             names = [x.name.replace(" ", "_") for x in group]
             kw = dict(classes=spec.get("classes"), iou_type=spec["iou_type"], conf=s.conf, name=label)
             entry: dict[str, Any] = {}
@@ -385,6 +463,122 @@ def section_c(s: Settings, sources_images: list[Any] | None) -> dict[str, Any]:
     return rows
 
 
+def section_d(s: Settings, sources_images: list[Any] | None) -> dict[str, Any]:
+    """Dask: a batch of generated scenes, and the largest generated scene split into blocks of tiles, each with
+    1 and 2 local worker processes (``detector.distributed.predict_scenes``), with every worker's peak RSS."""
+    sources = texture_sources(sources_images)
+    batch = []
+    for k in range(s.dask_batch):
+        path = s.cache / f"textured_{DASK_BATCH_SIDE}_seed{k + 1}.tif"
+        write_textured_geotiff(path, DASK_BATCH_SIDE, sources, seed=k + 1)
+        batch.append(str(path))
+    big_side = max(s.memory_sides) if s.memory_sides else 0
+    big = s.cache / f"textured_{big_side}.tif"
+    jobs = {"batch": batch}
+    if big_side:
+        log(f"dask: {big_side}x{big_side} GeoTIFF {big} (generated once, then cached)")
+        write_textured_geotiff(big, big_side, sources)
+        jobs["split"] = [str(big)]
+    out: dict[str, Any] = {"batch_side": DASK_BATCH_SIDE, "split_side": big_side, "runs": {}}
+    for what, scenes in jobs.items():
+        for n in s.dask_workers:
+            log(f"dask: {what} ({len(scenes)} scene{'s' if len(scenes) > 1 else ''}) on {n} worker(s)")
+            r = run_worker(
+                {
+                    "kind": "dask",
+                    "weights": str(s.onnx),
+                    "scenes": scenes,
+                    "workers": n,
+                    "tile": s.tile,
+                    "overlap": s.overlap,
+                    "batch": s.batch,
+                    "conf": s.conf,
+                    "split": what == "split",
+                },
+                f"d-dask-{what}-{n}workers",
+                s.cache,
+                s.timeout,
+            )
+            log(
+                f"    {fmt_s(r['seconds'])} s, {r['tiles']} tiles, worker peaks "
+                + ", ".join(fmt_mb(x) for x in r["worker_peak_rss"].values())
+                + " MB"
+            )
+            out["runs"][f"{what}-{n}"] = {**r, "what": what, "workers": n}
+    return out
+
+
+def section_t(s: Settings, scenes: list[BenchScene], spec: dict[str, Any]) -> dict[str, Any]:
+    """Tile size and overlap (pixels) on the headline scene: seconds and AP50 through our path, one fresh
+    process per setting (the evidence for the default tiling)."""
+    from detector.evaluate import evaluate_detections
+
+    head = next((x for x in scenes if x.headline and x.labels is not None), None)
+    if head is None:
+        log("tiling sweep: no labelled headline scene (--headline 0), skipped")
+        return {}
+    dets_dir = s.cache / "detections"
+    dets_dir.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, Any] = {}
+    for tile in SWEEP_TILES:
+        for overlap in SWEEP_OVERLAPS:
+            key = f"{tile}-{overlap}"
+            log(f"tiling sweep: tile {tile} px, overlap {overlap} px on {head.name}")
+            r = run_worker(
+                {
+                    "kind": "ours",
+                    "weights": str(s.onnx),
+                    "scene": str(head.path),
+                    "tile": tile,
+                    "overlap": overlap,
+                    "batch": s.batch,
+                    "repeats": s.repeats,
+                    "conf": s.conf,
+                    "ap_conf": s.ap_conf,
+                    "save_ap": str(dets_dir / f"sweep-{key}.ap.npz"),
+                },
+                f"t-sweep-{key}",
+                s.cache,
+                s.timeout,
+            )
+            if s.ap_conf is not None:
+                ev = evaluate_detections(
+                    [head.labels],
+                    [load_npz(dets_dir / f"sweep-{key}.ap.npz")],
+                    classes=spec.get("classes"),
+                    iou_type=spec["iou_type"],
+                    conf=s.conf,
+                    name=head.name,
+                ).to_dict()
+                r["map50"] = ev.get("map50")
+                r["ap50"] = {n: (c.get("ap50") or {}).get("all") for n, c in ev.get("classes", {}).items()}
+            rows[key] = {**r, "tile": tile, "overlap_px": overlap}
+            log(f"    {fmt_s(r['median'])} s, {r['tiles_run']} tiles, mAP50 {r.get('map50')}")
+    return {"scene": head.name, "largest_object_px": largest_object_px(head.labels), "rows": rows}
+
+
+def largest_object_px(labels: Any) -> float | None:
+    """The long side (pixels) of the largest labelled object of a scene: what the overlap must hold whole."""
+    sides = []
+    for a in labels.annotations:
+        poly = np.asarray(a.polygon, np.float64)
+        if len(poly) >= 3:
+            edges = np.hypot(*(np.roll(poly, -1, axis=0) - poly).T)
+            sides.append(float(edges.max()))
+    return max(sides) if sides else None
+
+
+def carry_change_section(out: Path) -> str:
+    """The change-bench section of the report already at ``out`` (markers included), or ``""``."""
+    if not out.is_file():
+        return ""
+    text = out.read_text()
+    start, end = text.find(CHANGE_START), text.find(CHANGE_END)
+    if start < 0 or end < start:
+        return ""
+    return text[start : end + len(CHANGE_END)]
+
+
 def _n_tiles(s: Settings, side: int) -> int:
     from detector.tiling import TileConfig, plan_tiles
 
@@ -396,8 +590,14 @@ def _n_tiles(s: Settings, side: int) -> int:
 
 
 #: Defaults of a full run and of ``--quick`` (explicit flags win over both).
-FULL = {"repeats": 3, "scenes": None, "headline": 2560, "memory_sides": "5000,10000,20000"}
-QUICK = {"repeats": 1, "scenes": "", "headline": 1800, "memory_sides": "2500,3300"}
+FULL = {
+    "repeats": 3,
+    "scenes": None,
+    "headline": 2560,
+    "memory_sides": "5000,10000,20000",
+    "dask_batch": DASK_BATCH,
+}
+QUICK = {"repeats": 1, "scenes": "", "headline": 1800, "memory_sides": "2500,3300", "dask_batch": 2}
 
 
 def parse_args(argv: list[str] | None = None) -> Settings:
@@ -406,9 +606,11 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     p = argparse.ArgumentParser(
         prog="bench.py",
         description="Benchmark the CPU inference path against SAHI and write BENCHMARKS.md.",
-        epilog="Full-run defaults: --repeats 3, all dota/demo scenes, --headline 2560, --memory-sides "
-        "5000,10000,20000. --quick: --repeats 1, no demo scene (the headline mosaic only), --headline 1800 "
-        "(4 tiles), --memory-sides 2500,3300 (9 and 16 tiles), report at CACHE/BENCHMARKS.quick.md.",
+        epilog="Full-run defaults: the shipped model (weights/detector.onnx) at its own tile size, its INT8 copy "
+        "on OpenVINO, --repeats 3, all dota/demo scenes, --headline 2560, --memory-sides 5000,10000,20000, "
+        f"--dask-batch {DASK_BATCH}. --dota: the DOTA yolov8n-obb at {DOTA_TILE} px, overlap {DOTA_OVERLAP}, no "
+        "INT8. --quick: --repeats 1, no demo scene (the headline mosaic only), --headline 1800, --memory-sides "
+        "2500,3300, --dask-batch 2, report at CACHE/BENCHMARKS.quick.md.",
     )
     default_data = os.environ.get("DETECTOR_SHARED_DATA") or str(ROOT.parent / "shared" / "data")
     p.add_argument(
@@ -421,20 +623,35 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         default=str(DEFAULT_CACHE),
         help="generated scenes, detections, worker logs (default: %(default)s)",
     )
-    p.add_argument("--onnx", default=str(DEFAULT_ONNX), help="our model (default: %(default)s)")
+    p.add_argument(
+        "--dota",
+        action="store_true",
+        help=f"compare the DOTA-trained yolov8n-obb ({_rel(DOTA_ONNX)}, SAHI on {_rel(DOTA_PT)}) at "
+        f"{DOTA_TILE} px, overlap {DOTA_OVERLAP}, instead of the shipped model",
+    )
+    p.add_argument("--onnx", default=None, help=f"our model (default: {_rel(DEFAULT_ONNX)})")
     p.add_argument(
         "--pt",
-        default=str(DEFAULT_PT),
-        help="the checkpoint the ONNX file was exported from, run by SAHI (default: %(default)s)",
+        default=None,
+        help="the checkpoint SAHI runs (default: CACHE/<onnx stem>.pt, rebuilt from the ONNX file by "
+        "scripts/onnx_to_pt.py; with --dota the checkpoint the ONNX file was exported from)",
+    )
+    p.add_argument(
+        "--int8",
+        default=None,
+        help=f"INT8 model run with OpenVINO (default: {_rel(DEFAULT_INT8)}; 'none' skips it)",
     )
     p.add_argument(
         "--tile",
         type=int,
-        default=1024,
-        help="tile / slice size in pixels, both sides (default: %(default)s)",
+        default=None,
+        help="tile / slice size in pixels, both sides (default: the model's input size)",
     )
     p.add_argument(
-        "--overlap", type=float, default=0.2, help="tile overlap fraction, both sides (default: %(default)s)"
+        "--overlap",
+        type=float,
+        default=None,
+        help="tile overlap, both sides: a fraction below 1, pixels from 1 up (default: TileConfig's)",
     )
     p.add_argument(
         "--batch",
@@ -468,9 +685,16 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     )
     p.add_argument(
         "--sections",
-        default="a,b,c",
-        help="a: vs SAHI, b: overhead over the floor, c: memory (default: %(default)s)",
+        default="a,b,c,d,t",
+        help="a: vs SAHI, b: overhead over the floor, c: memory, d: Dask, t: tiling sweep "
+        "(default: a,b,c,d,t)",
     )
+    p.add_argument(
+        "--dask-workers",
+        default=",".join(map(str, DASK_WORKERS)),
+        help="worker counts of (d) (default: %(default)s)",
+    )
+    p.add_argument("--dask-batch", type=int, default=None, help="generated scenes in the batch of (d)")
     p.add_argument(
         "--sahi-threads",
         type=int,
@@ -498,6 +722,29 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     if not sections or any(x not in SECTIONS for x in sections):
         p.error(f"--sections: expected a comma-separated subset of {','.join(SECTIONS)}, got {a.sections!r}")
     cache = Path(a.cache).resolve()
+    from detector.model import read_meta
+
+    onnx = Path(a.onnx or (DOTA_ONNX if a.dota else DEFAULT_ONNX)).resolve()
+    if not onnx.is_file():
+        p.error(f"--onnx: {onnx} not found (run `make setup`)")
+    if a.pt:
+        pt = Path(a.pt).resolve()
+    else:
+        pt = DOTA_PT if a.dota and a.onnx is None else cache / f"{onnx.stem}.pt"
+    if a.int8 is None:
+        int8: Path | None = None if a.dota else DEFAULT_INT8
+    else:
+        int8 = None if str(a.int8).lower() == "none" else Path(a.int8).resolve()
+    if a.tile is None:
+        a.tile = DOTA_TILE if a.dota else int(read_meta(onnx).imgsz)
+    if a.overlap is None:
+        a.overlap = DOTA_OVERLAP if a.dota else TileConfig().overlap
+    try:
+        workers = tuple(int(x) for x in str(a.dask_workers).split(",") if x.strip())
+    except ValueError:
+        p.error(f"--dask-workers: expected comma-separated integers, got {a.dask_workers!r}")
+    if not workers or min(workers) < 1:
+        p.error(f"--dask-workers must be positive, got {a.dask_workers!r}")
     out = Path(a.out) if a.out else (cache / "BENCHMARKS.quick.md" if a.quick else ROOT / "BENCHMARKS.md")
     if a.quick and out.resolve() == (ROOT / "BENCHMARKS.md").resolve():
         p.error("--quick numbers are not publishable: write them anywhere but BENCHMARKS.md")
@@ -516,14 +763,19 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     else:
         ap_conf = float(a.ap_conf)
     scenes = None if a.scenes is None else [x.strip() for x in a.scenes.split(",") if x.strip()]
-    if a.repeats < 1 or a.tile < 32 or a.batch < 1 or not 0 <= a.overlap < 1 or a.headline < 0:
-        p.error("--repeats and --batch must be >= 1, --tile >= 32, --headline >= 0, --overlap in [0, 1)")
+    if a.repeats < 1 or a.tile < 32 or a.batch < 1 or a.headline < 0 or a.dask_batch < 1:
+        p.error("--repeats, --batch and --dask-batch must be >= 1, --tile >= 32, --headline >= 0")
+    try:
+        TileConfig(tile=a.tile, overlap=a.overlap).overlap_px(a.tile)
+    except ValueError as e:
+        p.error(f"--tile / --overlap: {e}")
     return Settings(
         data=Path(a.data).resolve(),
         out=out,
         cache=cache,
-        onnx=Path(a.onnx).resolve(),
-        pt=Path(a.pt).resolve(),
+        onnx=onnx,
+        pt=pt,
+        int8=int8,
         tile=a.tile,
         overlap=a.overlap,
         batch=a.batch,
@@ -541,17 +793,32 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         command=" ".join(
             shlex.quote(x) for x in ["scripts/bench.py", *(argv if argv is not None else sys.argv[1:])]
         ),
+        dota=a.dota,
+        rebuild_pt=not a.pt and not (a.dota and a.onnx is None),
+        dask_workers=workers,
+        dask_batch=a.dask_batch,
     )
+
+
+def _rel(p: Path) -> str:
+    try:
+        return str(p.relative_to(ROOT))
+    except ValueError:
+        return str(p)
 
 
 def main(argv: list[str] | None = None) -> int:
     s = parse_args(argv)
     t_start = time.perf_counter()
-    for w, why in ((s.onnx, "ours"), (s.pt, "SAHI")):
-        if not w.is_file() and (why == "ours" or "a" in s.sections):
+    if "a" in s.sections:
+        if s.rebuild_pt:
+            ensure_pt(s.onnx, s.pt)
+        elif not s.pt.is_file():
             raise BenchError(
-                f"{w} not found ({why} side): run `make setup` to fetch and export the pretrained weights"
+                f"{s.pt} not found (SAHI side): run `make setup` to fetch the pretrained weights"
             )
+    if s.int8 is not None and not s.int8.is_file():
+        log(f"INT8: {s.int8} not found; its rows say so")
     load_before = os.getloadavg()[0]
     if load_before > 0.5 * (os.cpu_count() or 1):
         log(
@@ -585,11 +852,28 @@ def main(argv: list[str] | None = None) -> int:
         r["c_texture"] = (
             f"the {EVAL_SET} imagery" if images else "procedural noise (no labelled scenes found)"
         )
+    if "d" in s.sections:
+        images = None
+        try:
+            from detector.evaluate import load_eval_set
+
+            images, _ = load_eval_set(EVAL_SET, s.data)
+        except ValueError as e:
+            log(f"dask: {e}; texturing the generated scenes procedurally")
+        r["d"] = section_d(s, images)
+    if "t" in s.sections:
+        if not scenes:
+            scenes, spec = comparison_scenes(s)
+        r["t"] = section_t(s, scenes, spec)
     r["load_after"] = os.getloadavg()[0]
     r["took_s"] = time.perf_counter() - t_start
     r["_scenes"] = scenes
+    change = carry_change_section(s.out)
+    text = render(s, r)
+    if change:
+        text = text.rstrip("\n") + "\n\n" + change + "\n"
     with atomic_path(s.out) as tmp:
-        tmp.write_text(render(s, r))
+        tmp.write_text(text)
     raw = {k: v for k, v in r.items() if k != "_scenes"}
     raw["scenes"] = [
         {

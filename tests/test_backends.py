@@ -281,8 +281,8 @@ def test_onnx_and_torch_predictors_agree_at_other_tile_sizes(obb_onnx, pretraine
     """One dynamic export (imgsz 320) runs other tile sizes, and agrees with PyTorch at each of them."""
     from PIL import Image
 
-    from detector.backends.torch import TorchPredictor
     from detector.backends.decode import n_anchors
+    from detector.backends.torch import TorchPredictor
     from detector.model import load_predictor
 
     im = np.asarray(Image.open(shared_data / DEMO_CHIP).convert("RGB"))

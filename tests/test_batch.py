@@ -293,3 +293,10 @@ def test_an_overlap_too_large_for_the_models_tile_fails_once(tmp_path: Path) -> 
     with pytest.raises(ValueError, match="gives 64 px, not less than the 64 px tile"):
         batch.run([str(scene(tmp_path / "a.tif"))], tmp_path / "out", config=config, detector=Detector(model))
     assert model.calls == 0
+
+
+def test_describe_error_keeps_a_relative_path_that_starts_the_message() -> None:
+    from detector.errors import ResolutionError
+
+    err = ResolutionError("../data/scene.tif: scene GSD 300 m/px is far coarser than the model's range")
+    assert batch.describe_error(err, "../data/scene.tif") == str(err)

@@ -394,7 +394,9 @@ def test_foreign_classes_are_the_models_own_unless_mapped(tmp_path: Path):
     assert own.names == ("car", "jet", "boat") and own.class_map == {0: "car", 1: "jet", 2: "boat"}
     with pytest.raises(ModelError, match=r"foreign\.pt.*no default mapping for \['car', 'jet', 'boat'\]"):
         export_onnx(pt, tmp_path / "foreign.onnx", names=TAXONOMY)
-    with pytest.raises(ModelError, match=r"foreign\.pt.*maps 'jet' to 'plane'.*pass the model's output names"):
+    with pytest.raises(
+        ModelError, match=r"foreign\.pt.*maps 'jet' to 'plane'.*pass the model's output names"
+    ):
         export_onnx(pt, tmp_path / "foreign.onnx", class_map={"jet": "plane"})
     assert not (tmp_path / "foreign.onnx").exists()
     out = export_onnx(pt, tmp_path / "foreign.onnx", class_map={"jet": "aircraft", 0: "small-vehicle"})

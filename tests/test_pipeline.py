@@ -277,3 +277,30 @@ def test_memory_stays_flat_on_a_20k_scene(tmp_path: Path) -> None:
     found, peak, took = out.stdout.split()
     assert int(found) >= 1900
     assert float(peak) < 600, f"peak RSS {peak} MB in {took} s"  # the brief allows 1.5 GB; flat is ~150 MB
+
+
+def test_predict_many_takes_what_the_cli_takes(tmp_path: Path) -> None:
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    expected = {}
+    for k, x in enumerate((100, 300)):
+        image = _scene(400, 500)
+        paint_box(image, x, 100, x + 40, 120)
+        path = write_geotiff(folder / f"s{k}.tif", image)
+        expected[str(path)] = [[x, 100, x + 40, 120]]
+    (folder / "s0.quicklook.jpg").write_bytes(b"not an image: must never be read as a scene")
+    bad = tmp_path / "broken.tif"
+    bad.write_bytes(b"II*\x00 truncated")
+    detector = Detector(BrightObjectPredictor(256))
+    array = np.moveaxis(_scene(300, 300), 0, -1)
+    results = list(detector.predict_many([str(folder), array], tile=TILES))
+    assert [r.source for r in results] == [*sorted(expected), None]
+    for r in results[:2]:
+        np.testing.assert_array_equal(r.xyxy, expected[r.source])
+    assert len(results[2]) == 0
+    with pytest.raises(RasterError, match="broken.tif"):
+        list(detector.predict_many([bad, str(folder)], tile=TILES))
+    skipped = list(detector.predict_many([bad, tmp_path / "nothing-here.tif", str(folder)], on_error="skip", tile=TILES))
+    assert [r.source for r in skipped] == sorted(expected)
+    with pytest.raises(RasterError, match="nothing-here.tif: file not found"):
+        next(detector.predict_many(tmp_path / "nothing-here.tif"))

@@ -40,7 +40,8 @@ def tiny_onnx(tmp_path_factory) -> Path:
     old = torch.get_num_threads()
     torch.set_num_threads(min(2, old))
     try:
-        return export_onnx(pt, folder / "tiny.onnx", name="tiny", verify=False)  # export is verified in test_model
+        # export itself is verified in test_model.py
+        return export_onnx(pt, folder / "tiny.onnx", name="tiny", verify=False)
     finally:
         torch.set_num_threads(old)
 
@@ -175,7 +176,8 @@ def test_cli_quantize(tiny_onnx: Path, calib_root: Path, tmp_path: Path):
     assert r.exit_code == 0, r.output
     assert "wrote" in r.output and "INT8, onnxruntime, 3 calibration tiles" in r.output
     rec = read_meta(out).extra["quantization"]
-    assert rec["calibration"]["sources"] == [{"path": "b/train/images", "images": 2, "tiles": 3}]  # per_image: 2
+    # per_image: 2, so 3 tiles take 2 images
+    assert rec["calibration"]["sources"] == [{"path": "b/train/images", "images": 2, "tiles": 3}]
     r = CliRunner().invoke(
         cli, ["quantize", str(tiny_onnx), "--calib", str(cfg), "-o", str(tmp_path / "x.pt")]
     )

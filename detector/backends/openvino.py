@@ -135,7 +135,9 @@ class OpenVinoPredictor:
         try:
             self.compiled = core.compile_model(model, "CPU", config)
         except Exception as e:
-            raise ModelError(f"{self.path}: OpenVINO cannot compile the model: {type(e).__name__}: {e}") from e
+            raise ModelError(
+                f"{self.path}: OpenVINO cannot compile the model: {type(e).__name__}: {e}"
+            ) from e
         self.request = self.compiled.create_infer_request()
         log.info(
             "loaded %s (%s, %s, imgsz %d, %s) with OpenVINO on the CPU, %d threads",

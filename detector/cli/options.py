@@ -92,7 +92,9 @@ def parse_class_map(
 
 
 def check_model_classes(classes: Sequence[str], model: ModelSpec) -> tuple[str, ...]:
-    """Check ``--classes`` against the class names of the model that will run; returns those names.
+    """Check ``--classes`` against the class names of the model that will run (its own, then those derived
+    from them by size, e.g. ``transport-aircraft``: :attr:`detector.pipeline.Detector.class_names`); returns
+    those names.
 
     Loads the model in this process (once: :meth:`ModelSpec.load` caches it, and a local batch reuses it).
 
@@ -100,7 +102,7 @@ def check_model_classes(classes: Sequence[str], model: ModelSpec) -> tuple[str, 
         click.BadParameter: a class the model does not output (the message lists the ones it does).
         ModelError: the model cannot be loaded.
     """
-    names = model.load().meta.names
+    names = model.load().class_names
     bad = [c for c in classes if c not in names]
     if bad:
         where = model.weights or "the default model"

@@ -61,7 +61,8 @@ EXIT_INTERRUPTED = 130
     "--classes",
     callback=parse_classes,
     default=None,
-    help="Keep only these classes (comma list of the model's class names; `detector info` lists them).",
+    help="Keep only these classes (comma list of the model's class names, or transport-aircraft / "
+    "small-aircraft, split from aircraft by size; `detector info` lists the model's names).",
 )
 @click.option(
     "--bands",
