@@ -126,6 +126,8 @@ class BatchConfig:
         provenance: what every output records about the run (:class:`detector.writers.Provenance`: model
             name and file hash, conf, tile, overlap); :func:`run` fills it when left ``None``.
         force: run scenes far coarser than the model's GSD range anyway (``Detector.predict(force=True)``).
+        coco_images: a COCO dataset file whose image ids (matched by file name) and category ids the COCO
+            outputs take; ``None``: ids of our own (images numbered in batch order).
     """
 
     formats: tuple[str, ...] = ("geojson",)
@@ -140,6 +142,7 @@ class BatchConfig:
     collect: bool = False
     provenance: Provenance | None = None
     force: bool = False
+    coco_images: str | None = None
 
 
 @dataclass
@@ -452,7 +455,16 @@ def write_scene(dets: Detections, scene: str, name: str, out: Path, config: Batc
     written = []
     for fmt in () if config.collect else config.formats:
         path = out / f"{name}{writers.output_name(dets, fmt)}"
-        written.append(writers.write(dets, path, fmt, keep_crs=config.keep_crs, provenance=config.provenance))
+        written.append(
+            writers.write(
+                dets,
+                path,
+                fmt,
+                keep_crs=config.keep_crs,
+                provenance=config.provenance,
+                coco_images=config.coco_images if fmt == "coco" else None,
+            )
+        )
         for other in _suffixes(fmt):  # e.g. the pixel GeoJSON of an earlier run, now georeferenced
             sibling = out / f"{name}{other}"
             if sibling != path and config.overwrite and sibling.is_file():
@@ -699,6 +711,7 @@ def write_collection(
         keep_crs=config.keep_crs,
         layer_per_crs=config.layer_per_crs,
         provenance=config.provenance,
+        coco_images=config.coco_images if fmt == "coco" else None,
     )
     for r in done:
         r.outputs.insert(0, path)

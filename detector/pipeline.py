@@ -201,7 +201,8 @@ class Detector:
                 and more than 4 rows and columns; any other shape is a ``RasterError`` (the rule is
                 :meth:`~detector.raster.Scene.from_array`'s).
             tile: tiling (size, overlap, batch, resampling); default :class:`TileConfig()`.
-            classes: keep only these class names (default: all).
+            classes: keep only these class names (default: all); ``aircraft`` keeps the classes split from it
+                by size too (``transport-aircraft``, ``small-aircraft``), which can also be asked for alone.
             bands: 1-based band indexes read as red, green, blue (or one band for gray).
             gsd: scene ground sample distance in metres per pixel, overriding the georeferencing.
             progress: called as ``progress(done_tiles, total_tiles)`` after every batch.
@@ -492,7 +493,10 @@ class Detector:
         unknown = [c for c in classes if c not in names]
         if unknown:
             raise ValueError(f"unknown class {unknown[0]!r}; the model knows {', '.join(names)}")
-        return np.array([names.index(c) for c in classes], np.int64)
+        keep = list(classes)
+        if self.sizes is not None and self.sizes.parent in keep:  # aircraft: whatever their size
+            keep += [c for c in self.sizes.derived if c in names]
+        return np.array(sorted({names.index(c) for c in keep}), np.int64)
 
 
 def _gdal_cache() -> contextlib.AbstractContextManager:

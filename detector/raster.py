@@ -453,8 +453,7 @@ class Scene:
         them), which costs no decoding: the last-row read would decode the whole image once more before the
         tiles decode it again (0.36 s of a 1.5 s prediction on a 2560 px PNG, scripts/bench.py).
         """
-        if self._ds.driver == "PNG" and Path(self.path).is_file():
-            _verify_png(self.path)
+        if self._ds.driver == "PNG" and Path(self.path).is_file() and _verify_png(self.path):
             return
         try:
             self._ds.read(self._unique, window=Window(0, self.height - 1, self.width, 1))
@@ -568,8 +567,11 @@ def _band_last(arr: np.ndarray, name: str) -> np.ndarray:
     )
 
 
-def _verify_png(path: str) -> None:
-    """Check every chunk of a PNG file through its end marker (PIL's ``verify()``: checksums, no decoding)."""
+def _verify_png(path: str) -> bool:
+    """Check every chunk of a PNG file through its end marker (PIL's ``verify()``: checksums, no decoding).
+
+    Returns False when the image is too large for PIL's guard to open (not checked), else True.
+    """
     from PIL import Image
 
     try:
@@ -578,10 +580,11 @@ def _verify_png(path: str) -> None:
             with Image.open(path) as im:
                 im.verify()
     except Image.DecompressionBombError:
-        return  # larger than PIL's guard allows: the last-row check of the caller still runs
+        return False  # larger than PIL's guard allows: the last-row check of the caller still runs
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, ImportError) as e:
         # ImportError: Ultralytics' patched Image.open, when PIL cannot identify the file, wants a HEIF plugin
         raise RasterError(f"{path}: the PNG file is truncated or corrupt ({e})") from e
+    return True
 
 
 def _gdal_message(error: Exception) -> str:

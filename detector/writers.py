@@ -1178,7 +1178,7 @@ def to_coco(
     dataset, where = _coco_dataset(coco_images)
     images: list[dict[str, Any]] = []
     if dataset is not None:
-        cat_ids = {str(c["name"]): int(c["id"]) for c in dataset.get("categories", [])}
+        cat_ids = _dataset_category_ids(dataset, {n for d in scenes for n in d.class_names})
         categories: list[dict[str, Any]] = [
             {"id": int(c["id"]), "name": str(c["name"])} for c in dataset.get("categories", [])
         ]
@@ -1226,6 +1226,34 @@ def to_coco(
         "categories": categories,
         "annotations": annotations,
     }
+
+
+def _dataset_category_ids(dataset: dict[str, Any], names: set[str]) -> dict[str, int]:
+    """Our class name -> the dataset's category id: by name (spelling of case, spaces, ``_`` aside), else
+    through the taxonomy's source tables (HRPlanes' category ``"0"`` is ``aircraft``); when several categories
+    map to one class, the one most used by the dataset's annotations (not its supercategory)."""
+    from collections import Counter
+
+    from detector.taxonomy import normalize_class
+
+    cats = [c for c in dataset.get("categories") or [] if isinstance(c, dict) and "id" in c and "name" in c]
+    by_name = {normalize_class(str(c["name"])): int(c["id"]) for c in cats}
+    used = Counter(a.get("category_id") for a in dataset.get("annotations") or [] if isinstance(a, dict))
+    tables = default_taxonomy().table
+    out: dict[str, int] = {}
+    for name in sorted(names):
+        key = normalize_class(name)
+        if key in by_name:
+            out[name] = by_name[key]
+            continue
+        mapped = [
+            int(c["id"])
+            for c in cats
+            if any(t.get(normalize_class(str(c["name"]))) == key for t in tables.values())
+        ]
+        if mapped:
+            out[name] = max(mapped, key=lambda i: (used[i], -i))
+    return out
 
 
 def _coco_dataset(coco_images: str | Path | Mapping[str, Any] | None) -> tuple[dict[str, Any] | None, str]:

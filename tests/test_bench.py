@@ -22,7 +22,8 @@ import _bench_scenes as scenes  # noqa: E402
 import _bench_worker as worker  # noqa: E402
 import bench  # noqa: E402
 
-ONNX = ROOT / "weights" / "pretrained" / "yolov8n-obb.onnx"
+ONNX = ROOT / "weights" / "detector.onnx"
+DOTA_ONNX = ROOT / "weights" / "pretrained" / "yolov8n-obb.onnx"
 CHIP = "P1478__1__853___962"
 
 
@@ -146,15 +147,55 @@ def test_quick_mode_never_writes_benchmarks_md(capsys: pytest.CaptureFixture[str
     full = bench.parse_args([])
     assert full.out == ROOT / "BENCHMARKS.md" and full.memory_sides == [5000, 10000, 20000]
     assert full.headline == 2560 and full.repeats == 3 and full.scenes is None
+    assert full.sections == ("a", "b", "c", "d", "t")
     with pytest.raises(SystemExit):
         bench.parse_args(["--sections", "a,x"])
 
 
-def test_end_to_end_ours_floor_and_memory(tmp_path: Path, shared_data: Path) -> None:
-    """Our side only (no SAHI): one demo chip with its floor, and one small generated GeoTIFF."""
-    if not ONNX.is_file():
-        pytest.skip(f"{ONNX} missing: run `make setup`")
+def test_defaults_are_the_shipped_model_at_its_own_tile_size() -> None:
+    from detector.model import read_meta
+    from detector.tiling import TileConfig
+
+    s = bench.parse_args([])
+    assert s.onnx == ONNX and s.int8 == ROOT / "weights" / "detector-int8.onnx"
+    assert s.tile == read_meta(ONNX).imgsz and s.overlap == TileConfig().overlap
+    assert s.rebuild_pt and s.pt == bench.DEFAULT_CACHE / "detector.pt"  # rebuilt by scripts/onnx_to_pt.py
+    assert s.overlap_ratio == pytest.approx(s.overlap_px / s.tile)
+    px = bench.parse_args(["--overlap", "96"])
+    assert px.overlap_px == 96 and px.overlap_ratio == pytest.approx(96 / px.tile)  # pixels from 1 up
+    dota = bench.parse_args(["--dota"])
+    assert (dota.onnx, dota.pt, dota.tile, dota.overlap) == (DOTA_ONNX, bench.DOTA_PT, 1024, 0.2)
+    assert dota.int8 is None and not dota.rebuild_pt
+    assert bench.parse_args(["--int8", "none"]).int8 is None
+    for bad in (["--overlap", "640"], ["--dask-workers", "0"], ["--dask-workers", "x"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(bad)
+
+
+def test_the_change_bench_section_is_carried_over(tmp_path: Path) -> None:
     out = tmp_path / "B.md"
+    assert bench.carry_change_section(out) == ""
+    block = f"{bench.CHANGE_START}\n## Change between dates\n\n| a | b |\n{bench.CHANGE_END}"
+    out.write_text(f"# Benchmarks\n\nold numbers\n\n{block}\n\ntrailing text\n")
+    assert bench.carry_change_section(out) == block
+    out.write_text(f"# Benchmarks\n{bench.CHANGE_START}\nno end marker\n")
+    assert bench.carry_change_section(out) == ""
+
+
+def test_largest_object_is_the_longest_side_of_any_label(tmp_path: Path) -> None:
+    im = _labeled(tmp_path, "a", 40, 30, 0)  # one 8 x 5 px box
+    square = np.array([[0, 0], [0, 20], [20, 20], [20, 0]], float)
+    assert bench.largest_object_px(im) == pytest.approx(8.0)
+    im.annotations.append(Annotation(im.image, "large-vehicle", "large-vehicle", square, rotated=True))
+    assert bench.largest_object_px(im) == pytest.approx(20.0)
+
+
+def test_end_to_end_ours_floor_and_memory(tmp_path: Path, shared_data: Path) -> None:
+    """Our side only (no SAHI): one demo chip with its floor, and one small generated GeoTIFF; the
+    change-bench section of the report it replaces survives."""
+    out = tmp_path / "B.md"
+    change = f"{bench.CHANGE_START}\n## Change between dates\n\nkept as it is\n{bench.CHANGE_END}"
+    out.write_text(f"# Benchmarks\n\nstale\n\n{change}\n")
     argv = ["--data", str(shared_data), "--out", str(out), "--cache", str(tmp_path / "cache")]
     argv += [
         "--sections",
@@ -172,12 +213,14 @@ def test_end_to_end_ours_floor_and_memory(tmp_path: Path, shared_data: Path) -> 
     text = out.read_text()
     for needle in ("## Setup", "## (b) Pipeline overhead", "## (c) Memory", "## Targets", CHIP, "600 x 600"):
         assert needle in text
+    assert text.count(change) == 1 and text.index(change) > text.index("## Targets") and "stale" not in text
     raw = json.loads((tmp_path / "cache" / "bench.json").read_text())
     ours = raw["a"][CHIP]["ours"]
-    assert ours["tiles"] == 1 and ours["n_dets"] > 0 and not ours["torch_imported"]
+    assert ours["tiles"] == 2 and ours["tile_size"] == 640  # the 1024 px chip in 640 px tiles, 128 px overlap
+    assert ours["n_dets"] > 0 and not ours["torch_imported"]
     assert ours["peak_rss"] >= ours["rss_after_load"] > 0
     assert raw["b"]["scenes"][CHIP]["floor"] > 0
-    mem = raw["c"]["600"]
+    mem = raw["c"]["600"]  # one 640 px tile
     assert mem["tiles"] == 1 and mem["peak_rss"] > 0 and not mem["torch_imported"]
     assert not list(tmp_path.glob(".B.md.*"))  # the atomic write left no temporary file
 
@@ -209,3 +252,20 @@ def test_end_to_end_against_sahi(tmp_path: Path, shared_data: Path, pretrained_p
     for side in ("ours", "sahi"):
         assert acc[side]["ap"]["map50"] > 0.2  # both see the chip's vehicles
     assert "AP50 ours" in out.read_text()
+
+
+@pytest.mark.slow
+def test_end_to_end_dask_batch_and_split(tmp_path: Path, shared_data: Path) -> None:
+    """Section (d) on two small generated scenes and one split scene, 1 worker: per-worker peaks come back."""
+    pytest.importorskip("distributed")
+    out = tmp_path / "D.md"
+    argv = ["--data", str(shared_data), "--out", str(out), "--cache", str(tmp_path / "cache")]
+    argv += ["--sections", "d", "--dask-workers", "1", "--dask-batch", "2", "--memory-sides", "700"]
+    assert bench.main(argv) == 0
+    raw = json.loads((tmp_path / "cache" / "bench.json").read_text())
+    runs = raw["d"]["runs"]
+    assert set(runs) == {"batch-1", "split-1"}
+    assert runs["batch-1"]["scenes"] == 2 and runs["batch-1"]["tiles"] == 2 * 25  # 2560 px in 640 px tiles
+    for r in runs.values():
+        assert len(r["worker_peak_rss"]) == 1 and all(v > 0 for v in r["worker_peak_rss"].values())
+    assert "## (d) Dask" in out.read_text()

@@ -613,3 +613,27 @@ def test_predict_real_model_on_a_dota_scene(tmp_path: Path, shared_data: Path) -
     assert classes.count("large-vehicle") >= 20 and classes.count("small-vehicle") >= 5
     assert pyogrio.read_info(tmp_path / "P0005.gpkg")["features"] == len(classes)
     assert (tmp_path / f"P0005{cli.QUICKLOOK_SUFFIX}").is_file()
+
+
+def test_coco_output_takes_the_ids_of_a_real_dataset(tmp_path: Path, shared_data: Path) -> None:
+    """HRPlanes' COCO test set: our aircraft are its category "0" (through the taxonomy), image ids are its own."""
+    folder = shared_data / "hrplanes" / "test"
+    dataset = json.loads((folder / "_annotations.coco.json").read_text())
+    chosen = dataset["images"][:2]
+    out = tmp_path / "results.coco.json"
+    result = run(
+        "predict",
+        *(folder / im["file_name"] for im in chosen),
+        "-o",
+        out,
+        "--coco-images",
+        folder / "_annotations.coco.json",
+    )
+    assert result.exit_code == 0, result.output
+    written = json.loads(out.read_text())
+    assert [im["id"] for im in written["images"]] == [im["id"] for im in chosen]
+    aircraft = next(c["id"] for c in dataset["categories"] if c["name"] == "0")
+    assert written["annotations"], "the shipped model finds aircraft on HRPlanes test images"
+    assert {a["category_id"] for a in written["annotations"]} == {aircraft}
+    assert {a["image_id"] for a in written["annotations"]} <= {im["id"] for im in chosen}
+    assert len({a["id"] for a in written["annotations"]}) == len(written["annotations"])

@@ -300,7 +300,9 @@ def test_predict_many_takes_what_the_cli_takes(tmp_path: Path) -> None:
     assert len(results[2]) == 0
     with pytest.raises(RasterError, match="broken.tif"):
         list(detector.predict_many([bad, str(folder)], tile=TILES))
-    skipped = list(detector.predict_many([bad, tmp_path / "nothing-here.tif", str(folder)], on_error="skip", tile=TILES))
+    skipped = list(
+        detector.predict_many([bad, tmp_path / "nothing-here.tif", str(folder)], on_error="skip", tile=TILES)
+    )
     assert [r.source for r in skipped] == sorted(expected)
     with pytest.raises(RasterError, match="nothing-here.tif: file not found"):
         next(detector.predict_many(tmp_path / "nothing-here.tif"))

@@ -113,6 +113,12 @@ EXIT_INTERRUPTED = 130
     help="GeoJSON in the scene CRS (with a 'crs' member) instead of RFC 7946 lon/lat.",
 )
 @click.option(
+    "--coco-images",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="COCO dataset file: coco outputs take its image ids (by file name) and category ids, so they score.",
+)
+@click.option(
     "--workers",
     type=click.IntRange(min=1),
     default=None,
@@ -149,6 +155,7 @@ def predict(
     overwrite: bool,
     layer_per_crs: bool,
     keep_crs: bool,
+    coco_images: str | None,
     workers: int | None,
     scheduler: str | None,
 ) -> None:
@@ -197,6 +204,7 @@ def predict(
         overwrite=overwrite,
         layer_per_crs=layer_per_crs,
         force=force_resolution,
+        coco_images=coco_images,
     )
     model = batch_mod.ModelSpec(
         weights=weights,
