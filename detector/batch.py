@@ -74,6 +74,8 @@ class ModelSpec:
         runtime: what runs ONNX files, one of :data:`detector.model.RUNTIMES` (``"onnxruntime"``, ``"openvino"``).
         cross_class_iou: one label per object above this IoU (``None`` or 0: off); see
             :class:`~detector.pipeline.Detector`.
+        sizes: add ``length_m`` / ``span_m`` and split aircraft into ``transport-aircraft`` /
+            ``small-aircraft`` by size (:mod:`detector.sizes`).
     """
 
     weights: str | None = None
@@ -82,6 +84,7 @@ class ModelSpec:
     threads: int | None = None
     runtime: str = "onnxruntime"
     cross_class_iou: float | None = 0.8
+    sizes: bool = True
 
     def load(self, *, cache: bool = True) -> Detector:
         """The :class:`~detector.pipeline.Detector` for this spec (with ``cache``: loaded once per process)."""
@@ -103,6 +106,7 @@ def _load(spec: ModelSpec) -> Detector:
         threads=spec.threads,
         runtime=spec.runtime,
         cross_class_iou=spec.cross_class_iou,
+        sizes=spec.sizes,
     )
 
 

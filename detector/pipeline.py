@@ -361,7 +361,7 @@ class Detector:
         with contextlib.closing(_read_ahead(batches) if self.prefetch else batches) as stream:
             for chunk in stream:
                 if chunk.tiles:
-                    results = self.predictor.predict_batch(np.stack(chunk.tiles))
+                    results = self.predictor.predict_batch(chunk.stacked())
                     if len(results) != len(chunk.tiles):
                         raise RuntimeError(
                             f"{type(self.predictor).__name__}.predict_batch returned {len(results)} results "
@@ -521,6 +521,19 @@ class _Batch:
     tiles: list[np.ndarray] = field(default_factory=list)
     valid: list[np.ndarray] = field(default_factory=list)
     done: int = 0
+    array: np.ndarray | None = None
+
+    def stack(self) -> None:
+        """Stack the tiles into one ``(B, rows, cols, 3)`` array now (in the read-ahead thread, off the model's
+        path), keeping views of it as the tiles."""
+        if self.tiles and self.array is None:
+            self.array = np.stack(self.tiles)
+            self.tiles = list(self.array)
+
+    def stacked(self) -> np.ndarray:
+        """The tiles as one ``(B, rows, cols, 3)`` array."""
+        self.stack()
+        return self.array  # type: ignore[return-value]
 
 
 def _batches(
@@ -537,9 +550,11 @@ def _batches(
             batch.valid.append(valid)
         if len(batch.tiles) == size:
             batch.done = k + 1
+            batch.stack()
             yield batch
             batch = _Batch()
     batch.done = len(windows)
+    batch.stack()
     yield batch
 
 

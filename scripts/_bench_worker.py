@@ -381,6 +381,7 @@ def run_dask(job: dict[str, Any]) -> dict[str, Any]:
     from detector.tiling import TileConfig
 
     logging.getLogger("distributed").setLevel(logging.ERROR)
+    split_pixels = (job.get("split_pixels") or dd.SPLIT_PIXELS) if job.get("split") else None
     cfg = BatchConfig(tile=TileConfig(tile=job["tile"], overlap=job["overlap"], batch=job["batch"]))
     t0 = time.perf_counter()
     with dd.local_cluster(int(job["workers"])) as cluster, Client(cluster) as client:
@@ -396,7 +397,7 @@ def run_dask(job: dict[str, Any]) -> dict[str, Any]:
                 job["scenes"],
                 spec,
                 cfg,
-                split_pixels=dd.SPLIT_PIXELS if job.get("split") else None,
+                split_pixels=split_pixels,
             )
         )
         seconds = time.perf_counter() - t0
@@ -417,7 +418,7 @@ def run_dask(job: dict[str, Any]) -> dict[str, Any]:
         "worker_rss_ready": rss_ready,
         "worker_peak_rss": peaks,
         "client_peak_rss": peak_rss_bytes(),
-        "split_pixels": dd.SPLIT_PIXELS if job.get("split") else None,
+        "split_pixels": split_pixels,
         "block_tiles": dd.BLOCK_TILES,
     }
 

@@ -70,7 +70,7 @@ EVAL_SET = "dota/demo"
 SECTIONS = ("a", "b", "c", "d", "t")
 #: Section (t): tile sizes and overlaps (pixels) tried on the headline scene.
 SWEEP_TILES = (640, 1024)
-SWEEP_OVERLAPS = (64, 128, 192)
+SWEEP_OVERLAPS = (64, 128, 160, 192)
 #: Section (d): scenes of the batch (generated GeoTIFFs of this side) and the Dask worker counts.
 DASK_BATCH = 6
 DASK_BATCH_SIDE = 2560
@@ -195,6 +195,7 @@ class Settings:
     rebuild_pt: bool = False
     dask_workers: tuple[int, ...] = DASK_WORKERS
     dask_batch: int = DASK_BATCH
+    dask_split_pixels: int | None = None
 
     @property
     def overlap_px(self) -> int:
@@ -494,6 +495,7 @@ def section_d(s: Settings, sources_images: list[Any] | None) -> dict[str, Any]:
                     "batch": s.batch,
                     "conf": s.conf,
                     "split": what == "split",
+                    "split_pixels": s.dask_split_pixels,
                 },
                 f"d-dask-{what}-{n}workers",
                 s.cache,
@@ -696,6 +698,12 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     )
     p.add_argument("--dask-batch", type=int, default=None, help="generated scenes in the batch of (d)")
     p.add_argument(
+        "--dask-split-pixels",
+        type=int,
+        default=None,
+        help="(d): split scenes above this many pixels (default: detector.distributed.SPLIT_PIXELS)",
+    )
+    p.add_argument(
         "--sahi-threads",
         type=int,
         default=None,
@@ -797,6 +805,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         rebuild_pt=not a.pt and not (a.dota and a.onnx is None),
         dask_workers=workers,
         dask_batch=a.dask_batch,
+        dask_split_pixels=a.dask_split_pixels,
     )
 
 

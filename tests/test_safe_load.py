@@ -206,3 +206,17 @@ def test_checkpoints_like_our_training_writes_load(tmp_path: Path):
         np.testing.assert_allclose(loaded(x)[0].numpy(), model(x)[0].numpy(), atol=1e-6)
     meta = meta_from_checkpoint(loaded, ckpt, pt)
     assert meta.gsd == 0.3 and meta.name == "ours" and meta.imgsz == 64
+
+
+def test_training_refuses_code_in_start_weights(evil_pt: Path, marker: Path, tmp_path: Path):
+    """`detector train` start weights and `training.wise` inputs are user files too: checked before unpickling."""
+    from training.train import build_model
+    from training.wise import wise
+
+    with pytest.raises(ModelError, match="refusing to load"):
+        build_model(evil_pt, task="detect")
+    good = ROOT / "weights" / "pretrained" / "yolov8n-obb.pt"
+    if good.is_file():
+        with pytest.raises(ModelError, match="refusing to load"):
+            wise(good, start=evil_pt, alpha=0.5, out=tmp_path / "mix.pt")
+    assert not marker.exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -268,3 +269,48 @@ def test_model_lengths_on_dota_demo(shared_data: Path) -> None:
     for cls in ("small-vehicle", "large-vehicle"):
         assert errors[cls]["n"] >= 20
         assert errors[cls]["median_abs"] < 0.25
+
+
+@pytest.fixture
+def fake_load(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """``Detector.load`` builds a detector around :class:`BrightObjectPredictor`, honouring ``sizes``."""
+
+    def load(cls: type, path: object = None, **kwargs: object) -> Detector:
+        return Detector(BrightObjectPredictor(imgsz=256), sizes=kwargs.get("sizes", True))
+
+    from detector import batch
+
+    monkeypatch.setattr(Detector, "load", classmethod(load))
+    batch._load_cached.cache_clear()  # a model spec loaded earlier in the session must not be reused
+    yield
+    batch._load_cached.cache_clear()
+
+
+def test_cli_predict_classes_summary_and_writers(tmp_path: Path, fake_load: None) -> None:
+    import json
+
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from detector import cli
+
+    src = tmp_path / "in"
+    src.mkdir()
+    _scene(src)
+    out = tmp_path / "out"
+    args = ["predict", str(src), "-o", str(out), "-f", "geojson,csv", "--no-quicklook", "--tile", "256"]
+    r = CliRunner().invoke(cli.cli, [*args, "--classes", "transport-aircraft"])
+    assert r.exit_code == 0, r.output
+    header = next(line for line in r.output.splitlines() if line.startswith("scene"))
+    assert header.split() == ["scene", "transport-aircraft", "total"]
+    props = [f["properties"] for f in json.loads((out / "airport.geojson").read_text())["features"]]
+    assert [(p["class"], p["length_m"], p["span_m"]) for p in props] == [("transport-aircraft", 40.0, 35.0)]
+    table = pd.read_csv(out / "airport.csv", comment="#")
+    assert table["class"].tolist() == ["transport-aircraft"] and table["span_m"].tolist() == [35.0]
+    r = CliRunner().invoke(cli.cli, [*args, "--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert {"transport-aircraft", "small-aircraft"} <= set(r.output.split())
+    r = CliRunner().invoke(
+        cli.cli, [*args, "--overwrite", "--no-size-classes", "--classes", "small-aircraft"]
+    )
+    assert r.exit_code != 0 and "unknown class 'small-aircraft'" in r.output

@@ -443,6 +443,8 @@ def build_model(
     """
     from ultralytics.nn.tasks import DetectionModel, OBBModel, load_checkpoint
 
+    from detector.backends.torch import check_checkpoint
+
     model_cls = DetectionModel if task == "detect" else OBBModel
     tax = taxonomy if taxonomy is not None else load_taxonomy()
     names = tuple(names) if names is not None else tax.classes
@@ -454,6 +456,7 @@ def build_model(
     else:
         if not path.is_file():
             raise FileNotFoundError(f"pretrained weights {path} do not exist (run `make setup`)")
+        check_checkpoint(path)  # untrusted file: refuse arbitrary code before Ultralytics unpickles it
         src, _ = load_checkpoint(path)
         try:
             cfg = _target_cfg(src.yaml, task, nc)
@@ -509,6 +512,9 @@ def _finished(last: Path) -> bool:
     """Ultralytics marks a completed run by stripping ``last.pt`` (``epoch == -1``)."""
     import torch
 
+    from detector.backends.torch import check_checkpoint
+
+    check_checkpoint(last)  # refuse arbitrary code before the full unpickle Ultralytics' resume needs
     ckpt = torch.load(last, map_location="cpu", weights_only=False)
     return ckpt.get("epoch", -1) == -1
 

@@ -101,10 +101,14 @@ def wise(
     import torch
     from ultralytics.nn.tasks import load_checkpoint
 
+    from detector.backends.torch import check_checkpoint
+
     finetuned, start, out = Path(finetuned), Path(start), Path(out)
     for p in (finetuned, start):
         if not p.is_file():
             raise FileNotFoundError(f"{p}: no such checkpoint")
+    for p in (finetuned, start):
+        check_checkpoint(p)  # untrusted files: refuse arbitrary code before anything unpickles them
     ft_model, ckpt = load_checkpoint(finetuned)  # ckpt: the checkpoint dict, its other entries are kept
     task = "obb" if type(ft_model).__name__ == "OBBModel" else "detect"
     start_model, _ = build_model(

@@ -300,11 +300,26 @@ def check_tile_size(size: int, meta: ModelMeta, source: str | Path, *, fixed_siz
         )
 
 
-def to_input(tiles: np.ndarray, size: int | None = None) -> np.ndarray:
+def to_input(tiles: np.ndarray, size: int | None = None, *, out: np.ndarray | None = None) -> np.ndarray:
     """``(B, S, S, 3)`` uint8 RGB -> float32 ``(B, 3, S, S)`` in ``[0, 1]`` (checks the shape, see
-    :func:`check_tiles`)."""
+    :func:`check_tiles`), in one pass.
+
+    ``out``: a C-contiguous float32 buffer of at least ``B`` rows of ``(3, S, S)`` to write into (its first
+    ``B`` rows are returned); a fresh array when ``None`` or of another shape. Reusing one buffer per batch
+    size saves the page faults of a new 40 MB array per batch of 8 x 640 px tiles (24 -> 14 ms a batch).
+    """
     s = check_tiles(tiles, size)
-    x = np.empty((tiles.shape[0], 3, s, s), dtype=np.float32)
+    shape = (tiles.shape[0], 3, s, s)
+    if (
+        out is not None
+        and out.dtype == np.float32
+        and out.flags.c_contiguous
+        and out.shape[1:] == shape[1:]
+        and out.shape[0] >= shape[0]
+    ):
+        x = out[: shape[0]]
+    else:
+        x = np.empty(shape, dtype=np.float32)
     np.multiply(tiles.transpose(0, 3, 1, 2), np.float32(1.0 / 255.0), out=x, casting="unsafe")
     return x
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,7 @@ class OnnxPredictor:
         self.min_size = min_tile(self.meta)
         if self.meta.normalization != "rgb/255":
             raise ValueError(f"{self.path}: unsupported normalization {self.meta.normalization!r}")
+        self._buffers = threading.local()  # one reused input buffer per calling thread (see to_input)
         log.info(
             "loaded %s (%s, %s, imgsz %d, %s) on %s",
             self.path.name,
@@ -176,8 +178,18 @@ class OnnxPredictor:
         if len(tiles) == 0:
             return []
         self.check_size(check_tiles(tiles))
-        out = self.run(to_input(tiles))
+        out = self.run(self._input(tiles))
         return decode_batch(out, self.meta, self.lut, conf=self.conf, iou=self.iou, max_det=self.max_det)
+
+    def _input(self, tiles: np.ndarray) -> np.ndarray:
+        """The normalised input of ``tiles``, written into this thread's buffer (grown to the largest batch
+        seen for this tile size; onnxruntime reads it during ``run`` only, so the next batch can reuse it)."""
+        n, rows, cols = tiles.shape[:3]
+        buf = getattr(self._buffers, "x", None)
+        if buf is None or buf.shape[2:] != (rows, cols) or buf.shape[0] < n:
+            buf = np.empty((n, 3, rows, cols), np.float32)
+            self._buffers.x = buf
+        return to_input(tiles, out=buf)
 
     def __repr__(self) -> str:
         return f"OnnxPredictor({str(self.path)!r}, task={self.meta.task!r}, imgsz={self.meta.imgsz})"

@@ -92,6 +92,13 @@ EXIT_INTERRUPTED = 130
     "keep the best and record the runner-up's class and score; 0 keeps every label.",
 )
 @click.option(
+    "--size-classes/--no-size-classes",
+    default=True,
+    show_default=True,
+    help="Split aircraft into transport-aircraft and small-aircraft by measured size "
+    "(configs/aircraft-sizes.yaml; needs the GSD: georeferencing or --gsd, else they stay aircraft).",
+)
+@click.option(
     "--quicklook/--no-quicklook",
     default=True,
     show_default=True,
@@ -151,6 +158,7 @@ def predict(
     no_resample: bool,
     force_resolution: bool,
     cross_class_iou: float,
+    size_classes: bool,
     quicklook: bool,
     overwrite: bool,
     layer_per_crs: bool,
@@ -213,6 +221,7 @@ def predict(
         threads=threads,
         runtime=runtime,
         cross_class_iou=cross_class_iou or None,
+        sizes=size_classes,
     )
     if classes is not None:
         check_model_classes(classes, model)  # the model's own names, before any scene is read
