@@ -97,22 +97,11 @@ def merge_detections(
         both = np.flatnonzero(cut[a] & cut[b] & ~conflict)
         conflict[both] = _shared_iou(corners, np.asarray(windows, np.float64), a[both], b[both]) > iou
     conflict &= ~dropped[a] & ~dropped[b]
-    a, b = a[conflict], b[conflict]
-    order = np.argsort(-dets.scores, kind="stable")
-    rank = np.empty(n, np.int64)
-    rank[order] = np.arange(n)
-    hi = np.where(rank[a] < rank[b], a, b)
-    lo = np.where(rank[a] < rank[b], b, a)
-    by_rank = np.lexsort((rank[lo], rank[hi]))
-    hi, lo = hi[by_rank], lo[by_rank]
-    bounds = np.flatnonzero(np.diff(hi)) + 1  # hi is grouped, groups in score order
-    starts, ends = (np.r_[0, bounds], np.r_[bounds, len(hi)]) if len(hi) else ([], [])
+    hi, lo, starts, ends = _pair_groups(dets.scores, a[conflict], b[conflict])
 
     suppressed = dropped.copy()
     pieces: dict[int, np.ndarray] = {}
-    for s, e in zip(
-        list(starts), list(ends), strict=True
-    ):  # only detections that conflict with a lower-scored one
+    for s, e in zip(starts, ends, strict=True):  # only detections that conflict with a lower-scored one
         head = int(hi[s])
         if suppressed[head]:
             continue
@@ -155,18 +144,9 @@ def merge_cross_class(dets: Detections, iou: float = 0.8) -> Detections:
     if n > 1:
         a, b, pair_iou, _ = overlap_pairs(footprint_corners(dets), dets.class_ids, same_class=False)
         hit = pair_iou >= iou
-        a, b = a[hit], b[hit]
-        order = np.argsort(-dets.scores, kind="stable")
-        rank = np.empty(n, np.int64)
-        rank[order] = np.arange(n)
-        hi = np.where(rank[a] < rank[b], a, b)
-        lo = np.where(rank[a] < rank[b], b, a)
-        by_rank = np.lexsort((rank[lo], rank[hi]))
-        hi, lo = hi[by_rank], lo[by_rank]
-        bounds = np.flatnonzero(np.diff(hi)) + 1
-        starts, ends = (np.r_[0, bounds], np.r_[bounds, len(hi)]) if len(hi) else ([], [])
+        hi, lo, starts, ends = _pair_groups(dets.scores, a[hit], b[hit])
         names = np.asarray(dets.class_names, dtype=object)
-        for s, e in zip(list(starts), list(ends), strict=True):
+        for s, e in zip(starts, ends, strict=True):
             head = int(hi[s])
             if suppressed[head]:
                 continue
@@ -183,6 +163,25 @@ def merge_cross_class(dets: Detections, iou: float = 0.8) -> Detections:
     data[RUNNER_UP_CLASS] = runner_class.astype(str)
     data[RUNNER_UP_SCORE] = runner_score
     return replace(dets, data=data)[keep]
+
+
+def _pair_groups(
+    scores: np.ndarray, a: np.ndarray, b: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, list[int], list[int]]:
+    """Conflicting pairs ``(a, b)`` as ``(hi, lo)`` (the better-scored one first, stable score order), sorted
+    by ``hi``'s rank then ``lo``'s, and the ``[start, end)`` runs of each ``hi``: the greedy suppression order."""
+    n = len(scores)
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
+    hi = np.where(rank[a] < rank[b], a, b)
+    lo = np.where(rank[a] < rank[b], b, a)
+    by_rank = np.lexsort((rank[lo], rank[hi]))
+    hi, lo = hi[by_rank], lo[by_rank]
+    if not len(hi):
+        return hi, lo, [], []
+    bounds = np.flatnonzero(np.diff(hi)) + 1  # hi is grouped, groups in score order
+    return hi, lo, np.r_[0, bounds].tolist(), np.r_[bounds, len(hi)].tolist()
 
 
 def overlap_pairs(
