@@ -187,6 +187,14 @@ class Scene:
         if memfile is None:  # an array copied into memory by from_array decodes by construction
             self._check_decodes()
         self.stretch = self._compute_stretch()
+        #: 8-bit RGB read as it is: GDAL writes it straight into the (rows, cols, 3) tile (no band-first copy,
+        #: no transpose; half the read time of a 640 px tile)
+        self._direct = (
+            self._lut is None
+            and self.stretch.is_identity
+            and np.dtype(self.dtype) == np.uint8
+            and self._pick == [0, 1, 2]
+        )
 
     # -- construction -------------------------------------------------------------------------------
 
@@ -338,6 +346,13 @@ class Scene:
                     return rgb, valid
             else:
                 ok = np.ones(shape, bool)
+            if self._direct:
+                part = rgb[r0:r1, c0:c1]
+                self._ds.read(self._unique, window=inner, out=part.transpose(2, 0, 1), resampling=resampling)
+                if self._masked:
+                    part[~ok] = 0
+                valid[r0:r1, c0:c1] = ok
+                return rgb, valid
             data = self._ds.read(
                 self._unique, window=inner, out_shape=(len(self._unique), *shape), resampling=resampling
             )

@@ -8,11 +8,13 @@ onnxruntime, rasterio, shapely) and never torch; the ``sahi`` job imports SAHI, 
 
 Job kinds (``job["kind"]``):
 
-* ``ours``: ``Detector.load(onnx).predict(scene)``: one warm-up call, then ``repeats`` timed calls.
+* ``ours``: ``Detector.load(onnx, runtime=...).predict(scene)``: one warm-up call, then ``repeats`` timed calls.
 * ``sahi``: SAHI ``get_sliced_prediction`` with ``AutoDetectionModel`` (``model_type="ultralytics"``) on the
   same scene, tile and overlap: one warm-up call, then ``repeats`` timed calls.
 * ``memory``: one ``Detector.predict`` on a large generated GeoTIFF (after one model call on blank tiles, so
   that onnxruntime's first-call set-up is not timed).
+* ``dask``: ``detector.distributed.predict_scenes`` on a local cluster of ``workers`` processes (a batch of
+  scenes, or scenes split into blocks of tiles), with every worker's peak RSS.
 
 For ``ours`` and ``sahi``, the peak RSS reported is the one reached by the end of the timed calls. After it, the
 ``ours`` job can measure the model-only floor (bare ``session.run`` of the predictor's own onnxruntime session
@@ -131,9 +133,7 @@ def run_ours(job: dict[str, Any]) -> dict[str, Any]:
         # the pipeline's batches of this scene (every tile holds valid pixels here), plus batch 1
         n, b = out["tiles_run"], job["batch"]
         batches = [b] * (n // b) + ([n % b] if n % b else [])
-        floor = measure_floor(
-            det.predictor, scene, job["tile"], job["overlap"], [1, *batches], job["floor_repeats"]
-        )
+        floor = measure_floor(det, scene, cfg, [1, *batches], job["floor_repeats"])
         out["floor"] = {
             "batches": batches,
             "per_call": floor,
@@ -294,25 +294,23 @@ def run_sahi(job: dict[str, Any]) -> dict[str, Any]:
 # the model-only floor
 
 
-def measure_floor(
-    predictor: Any, scene_path: str, tile: int, overlap: float, sizes: list[int], repeats: int
-) -> dict[str, Any]:
-    """Bare ``session.run`` time per batch size, on the predictor's own session and real tiles of the scene.
+def measure_floor(det: Any, scene_path: str, cfg: Any, sizes: list[int], repeats: int) -> dict[str, Any]:
+    """Bare ``session.run`` time per batch size, on the predictor's own session and real tiles of the scene
+    (the pipeline's own tile plan: ``Detector.plan``).
 
     The input is normalised before the clock starts; decoding, NMS and everything else are left out.
     """
     from detector.backends.onnx import to_input
     from detector.raster import open_scene
-    from detector.tiling import TileConfig, plan_tiles
 
-    session, imgsz = predictor.session, predictor.meta.imgsz
+    session = det.predictor.session
     name_in, name_out = session.get_inputs()[0].name, session.get_outputs()[0].name
     with open_scene(scene_path) as scene:
-        plan = plan_tiles(scene.width, scene.height, TileConfig(tile=tile, overlap=overlap), imgsz)
-        tiles = [scene.read(w, out_shape=(plan.size, plan.size))[0] for w in plan.windows[: max(sizes)]]
+        plan = det.plan(scene, cfg)
+        tiles = [scene.read(w, out_shape=plan.out_shape)[0] for w in plan.windows[: max(sizes)]]
     out: dict[str, Any] = {}
     for b in sorted(set(sizes)):
-        x = to_input(np.stack([tiles[i % len(tiles)] for i in range(b)]), imgsz)
+        x = to_input(np.stack([tiles[i % len(tiles)] for i in range(b)]))
         session.run([name_out], {name_in: x})  # warm-up for this shape
         times, _ = timed(lambda x=x: session.run([name_out], {name_in: x}), repeats)
         out[str(b)] = {**summary(times), "per_tile_median": statistics.median(times) / b}

@@ -1,32 +1,43 @@
 """Benchmark the CPU inference path and write ``BENCHMARKS.md`` (``make bench``).
 
 Every figure of one report comes from one run on one machine, with the same weights, tile size and overlap
-on both sides. Three sections:
+on both sides. By default the model is the shipped one, ``weights/detector.onnx``, at its own tile size (its
+input size, 640 px) and :class:`~detector.tiling.TileConfig`'s overlap; SAHI runs the Ultralytics ``.pt`` that
+``scripts/onnx_to_pt.py`` rebuilds from it into the cache (same parameters, outputs checked against
+onnxruntime). ``--dota`` compares the DOTA-trained ``yolov8n-obb`` at 1024 px instead (the earlier report).
+Sections:
 
 (a) **Ours vs SAHI** on the labelled DOTA demo scenes and a 2560 x 2560 headline scene (a mosaic of those
-    scenes, with their labels): our ONNX path (``Detector.load(onnx).predict``) against SAHI +
-    Ultralytics on the CPU (``get_sliced_prediction`` with the ``.pt`` the ONNX file was exported from), SAHI
-    run twice: with its defaults (a whole-image pass on top of the slices; Ultralytics' torch threads) and
-    with torch set to the threads our side uses. Seconds per scene, megapixels per second, peak RSS, and
-    AP50 per class through :mod:`detector.evaluate` on the same labels for both sides.
+    scenes, with their labels): our path (``Detector.load(onnx).predict``, onnxruntime fp32), its INT8 copy
+    (``weights/detector-int8.onnx``, ``runtime="openvino"``; the row says so when the file is missing), and SAHI
+    + Ultralytics on the CPU (``get_sliced_prediction``), SAHI run twice: with its defaults (a whole-image pass
+    on top of the slices; Ultralytics' torch threads) and with torch set to the threads our side uses.
+    Seconds per scene, megapixels per second, peak RSS, and AP50 per class through :mod:`detector.evaluate`
+    on the same labels for every side.
 (b) **Pipeline overhead** over the model-only floor: bare ``onnxruntime`` ``session.run`` time for the tiles
-    of each scene, batched as the pipeline batches them, with the pipeline's session options.
+    of each scene (the pipeline's own plan), batched as the pipeline batches them, with its session.
 (c) **Memory** of ``Detector.predict`` on generated, internally tiled, DEFLATE-compressed GeoTIFFs of
     growing size (5k, 10k, 20k px sides by default; real-imagery texture), in fresh processes.
+(d) **Dask** (``detector.distributed.predict_scenes``) with 1 and 2 local workers on a batch of generated
+    2560 px scenes and on the largest scene of (c) split into blocks of tiles, with every worker's peak RSS.
+(t) **Tiling**: tile size and overlap in pixels on the headline scene, seconds and mAP50 for each (the
+    measurement behind the default tiling).
 
 Each measurement runs in a fresh subprocess (``scripts/_bench_worker.py``), so peak RSS values do not mix and
 the ONNX side never imports torch. Measurements run one after another, never in parallel. Progress goes to
-stderr; the report is written atomically. ``--quick`` is a development run (under 2 minutes on two idle cores,
-noisy numbers: the headline mosaic at 1800 px, 1 timed call, 2500 and 3300 px GeoTIFFs) that refuses to
-write ``BENCHMARKS.md``. GDAL settings in the environment (``GDAL_CACHEMAX=...``) reach every measurement and
-are listed in the report; thread-count variables (``OMP_NUM_THREADS`` ...) are removed so that every library
-runs with its own defaults.
+stderr; the report is written atomically, and the change-detection section that ``scripts/change_bench.py``
+writes into the same file (between its ``<!-- change-bench:start -->`` / ``end`` markers) is carried over
+unchanged. ``--quick`` is a development run (noisy numbers: the headline mosaic at 1800 px, 1 timed call,
+2500 and 3300 px GeoTIFFs, 2 scenes in the Dask batch) that refuses to write ``BENCHMARKS.md``. GDAL settings
+in the environment (``GDAL_CACHEMAX=...``) reach every measurement and are listed in the report; thread-count
+variables (``OMP_NUM_THREADS`` ...) are removed so that every library runs with its own defaults.
 
 Usage::
 
     python scripts/bench.py --data ../shared/data --out BENCHMARKS.md
     python scripts/bench.py --quick                     # -> build/bench/BENCHMARKS.quick.md
-    python scripts/bench.py --sections c --memory-sides 5000,10000
+    python scripts/bench.py --dota --sections a,b       # the DOTA yolov8n-obb at 1024 px
+    python scripts/bench.py --sections c,d --memory-sides 5000,10000
 """
 
 from __future__ import annotations

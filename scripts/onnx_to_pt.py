@@ -40,12 +40,18 @@ def rebuild(onnx_path: Path, out: Path, check_image: Path | None = None) -> Path
     arch = meta.get("extra", {}).get("architecture") or "yolov8n.yaml"
     names = dict(enumerate(meta["raw_names"]))
     cls = OBBModel if meta["task"] == "obb" else DetectionModel
-    model = cls(arch if meta["task"] == "detect" else arch.replace(".yaml", "-obb.yaml"), nc=len(names), verbose=False)
+    model = cls(
+        arch if meta["task"] == "detect" else arch.replace(".yaml", "-obb.yaml"), nc=len(names), verbose=False
+    )
     model.eval()
     model.fuse(verbose=False)
     state = model.state_dict()
     inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
-    missing = [k for k, v in state.items() if v.dtype.is_floating_point and k not in inits and "anchors" not in k and "strides" not in k]
+    missing = [
+        k
+        for k, v in state.items()
+        if v.dtype.is_floating_point and k not in inits and "anchors" not in k and "strides" not in k
+    ]
     if missing:
         raise SystemExit(f"{onnx_path}: {len(missing)} parameters not in the ONNX file, e.g. {missing[:3]}")
     new = {k: (torch.from_numpy(inits[k].copy()) if k in inits else v) for k, v in state.items()}

@@ -111,7 +111,7 @@ def test_run_keeps_the_source_as_given(tmp_path: Path, monkeypatch: pytest.Monke
     results = batch.run(given, tmp_path / "out", config=FAST, detector=detector())
     assert [r.source for r in results] == given and [r.name for r in results] == ["x_scene", "y_scene"]
     assert written == {"x_scene.geojson": given[0], "y_scene.geojson": given[1]}
-    assert all(r.error is None and r.counts["aircraft"] == 1 for r in results)
+    assert all(r.error is None and r.counts["small-aircraft"] == 1 for r in results)
     for name, source in zip(("x_scene", "y_scene"), given, strict=True):
         features = json.loads((tmp_path / "out" / f"{name}.geojson").read_text())["features"]
         assert [f["properties"]["source"] for f in features] == [source]

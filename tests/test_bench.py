@@ -264,3 +264,39 @@ def test_end_to_end_dask_batch_and_split(tmp_path: Path, shared_data: Path) -> N
     for r in runs.values():
         assert len(r["worker_peak_rss"]) == 1 and all(v > 0 for v in r["worker_peak_rss"].values())
     assert "## (d) Dask" in out.read_text()
+
+
+@pytest.mark.parametrize("nodata", [None, 0])
+def test_direct_8bit_reads_match_the_band_first_path(tmp_path: Path, nodata: int | None) -> None:
+    """The overhead work of ``make bench``: 8-bit RGB tiles are read by GDAL straight into the (rows, cols, 3)
+    tile; every kind of window (inside, across the edge, outside, resampled both ways) reads as before."""
+    from rasterio.windows import Window
+
+    from detector.raster import open_scene
+
+    rng = np.random.default_rng(3)
+    data = rng.integers(1, 256, (3, 300, 410), dtype=np.uint8)
+    data[:, 100:140, 50:90] = 0  # a nodata hole when nodata=0
+    path = tmp_path / "s.tif"
+    profile = dict(driver="GTiff", width=410, height=300, count=3, dtype="uint8", tiled=True)
+    profile.update(blockxsize=128, blockysize=128, nodata=nodata)
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(data)
+    windows = [
+        (Window(0, 0, 128, 128), None),
+        (Window(300, 200, 160, 160), (160, 160)),  # across the right and bottom edges: padded
+        (Window(-40, -20, 128, 128), (128, 128)),  # across the top-left corner
+        (Window(600, 600, 64, 64), (64, 64)),  # outside
+        (Window(0, 0, 410, 300), (96, 128)),  # shrunk (average)
+        (Window(10, 10, 40, 40), (96, 96)),  # enlarged (bilinear)
+    ]
+    with open_scene(path) as scene:
+        assert scene._direct
+        fast = [scene.read(w, out_shape=s) for w, s in windows]
+        scene._direct = False
+        slow = [scene.read(w, out_shape=s) for w, s in windows]
+    for (rgb_f, ok_f), (rgb_s, ok_s) in zip(fast, slow, strict=True):
+        np.testing.assert_array_equal(rgb_f, rgb_s)
+        np.testing.assert_array_equal(ok_f, ok_s)
+    assert not fast[3][1].any()  # outside: all padding
+    assert fast[0][1].all() == (nodata is None)  # the hole is invalid where 0 is nodata

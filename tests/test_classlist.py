@@ -112,7 +112,7 @@ def test_predict_and_every_writer(files, tmp_path):
     assert det.meta.names == OURS
     dets = det.predict(_scene(tmp_path / "scene.tif"))
     assert isinstance(dets, Detections) and len(dets) > 0
-    assert dets.class_names == OURS
+    assert dets.class_names == (*OURS, "transport-aircraft", "small-aircraft")  # split by size
     assert set(dets.class_name.tolist()) == {"boat"}  # every anchor scores boat; car is never output
     assert (dets.scores > 0.99).all()
     assert writers.category_id("boat", dets.class_names) == 2
@@ -123,11 +123,13 @@ def test_predict_and_every_writer(files, tmp_path):
         rows = list(csv.DictReader(line for line in fh if not line.startswith("#")))  # after the provenance
     assert {r["class"] for r in rows} == {"boat"} and len(rows) == len(dets)
     coco = json.loads(writers.write_coco(dets, tmp_path / "d.coco.json").read_text())
-    assert coco["categories"] == [{"id": 1, "name": "aircraft"}, {"id": 2, "name": "boat"}]
+    derived = [{"id": 3, "name": "transport-aircraft"}, {"id": 4, "name": "small-aircraft"}]
+    assert coco["categories"] == [{"id": 1, "name": "aircraft"}, {"id": 2, "name": "boat"}, *derived]
     assert {e["category_id"] for e in coco["annotations"]} == {2} and len(coco["annotations"]) == len(dets)
     assert writers.coco_categories(dets.class_names) == [
         {"id": 1, "name": "aircraft"},
         {"id": 2, "name": "boat"},
+        *derived,
     ]
     pyogrio = pytest.importorskip("pyogrio")
     gpkg = writers.write_gpkg(dets, tmp_path / "d.gpkg")

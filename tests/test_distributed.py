@@ -240,7 +240,7 @@ def test_split_scene_with_the_coarse_pass_and_a_class_filter(thread_client, tmp_
     ref = spec.load().predict(scene, tile=tile, classes=["aircraft"])
     got = dict(D.predict_scenes(thread_client, [scene], spec, config, split_pixels=0, block_tiles=5))
     _same(got[0], ref)
-    assert set(got[0].class_name) == {"aircraft"}
+    assert len(got[0]) and set(got[0].class_name) <= {"transport-aircraft", "small-aircraft"}
 
 
 def test_a_failing_block_fails_its_scene_only(thread_client, tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ def _scene(tmp_path: Path, gsd: float, name: str) -> Path:
 
 def test_scene_inside_the_range_runs_at_its_own_resolution(tmp_path: Path) -> None:
     dets = Detector(_predictor()).predict(_scene(tmp_path, 0.3, "fine.tif"), tile=TILES)
-    assert len(dets) == 1 and dets.class_name.tolist() == ["aircraft"]
+    assert len(dets) == 1 and dets.class_name.tolist() == ["small-aircraft"]  # 12 x 6 m
     assert dets.meta["scale"] == 1.0 and dets.meta["size_known"] is True
     assert dets.gsd == pytest.approx(0.3)
     assert dets.meta["gsd_range"] == RANGE

@@ -130,12 +130,12 @@ def test_detector_gives_one_label_per_object(tmp_path: Path) -> None:
     image = np.full((3, 300, 400), 40, np.uint8)
     paint_box(image, 100, 100, 160, 130)
     path = write_geotiff(tmp_path / "one.tif", image)
-    dets = Detector(TwoLabelPredictor(256)).predict(path)
+    dets = Detector(TwoLabelPredictor(256), sizes=False).predict(path)
     assert dets.class_name.tolist() == ["aircraft"]
     assert dets.data[RUNNER_UP_CLASS].tolist() == ["large-vehicle"]
     np.testing.assert_allclose(dets.data[RUNNER_UP_SCORE], [0.6])
     for off in (None, 0):
-        both = Detector(TwoLabelPredictor(256), cross_class_iou=off).predict(path)
+        both = Detector(TwoLabelPredictor(256), cross_class_iou=off, sizes=False).predict(path)
         assert sorted(both.class_name.tolist()) == ["aircraft", "large-vehicle"]
         assert RUNNER_UP_CLASS not in both.data
     with pytest.raises(ValueError, match="cross_class_iou"):
