@@ -68,6 +68,10 @@ def open_session(
     # The memory-pattern planner keeps a buffer per batch shape it has seen: ~1.1 GB peak at batch 8 of 1024
     # tiles against ~0.66 GB without it, at the same speed (measured by scripts/bench.py's floor runs).
     opts.enable_mem_pattern = False
+    # Idle intra-op threads sleep instead of spinning: spinning threads take the cores from the pipeline's
+    # read-ahead thread (and from other processes: Dask workers, a shared machine). scripts/bench.py's
+    # 2560 px headline scene on 2 busy cores: pipeline 2.9 s vs 5.6 s, bare session.run 2.5 s vs 4.7 s (medians).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import click
 
-from detector.cli.options import comma_list, device_option, parse_bands, tile_options
+from detector.cli.options import (
+    bands_option,
+    comma_list,
+    device_option,
+    gsd_option,
+    tile_options,
+    weights_option,
+)
 
 
 def _parse_shift(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, float] | None:
@@ -45,13 +52,7 @@ def _parse_shift(ctx: click.Context, param: click.Parameter, value: str | None) 
     show_default=True,
     help="Change layer format (GeoPackage in the working CRS, GeoJSON in lon/lat).",
 )
-@click.option(
-    "-w",
-    "--weights",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Model file for scene inputs (.onnx or .pt); default: the shipped model.",
-)
+@weights_option("Model file for scene inputs (.onnx or .pt); default: the shipped model.")
 @device_option
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the model.")
 @tile_options
@@ -92,18 +93,8 @@ def _parse_shift(ctx: click.Context, param: click.Parameter, value: str | None) 
     default=None,
     help="YAML file of class groups that may match across dates (default: aircraft, helicopter, vehicles).",
 )
-@click.option(
-    "--bands",
-    callback=parse_bands,
-    default=None,
-    help="Bands read as red,green,blue (1-based), or one band for gray.",
-)
-@click.option(
-    "--gsd",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help="Ground sample distance in m/px, overriding the georeferencing.",
-)
+@bands_option
+@gsd_option
 @click.option(
     "--same-grid",
     is_flag=True,

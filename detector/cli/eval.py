@@ -6,7 +6,14 @@ from typing import Any
 
 import click
 
-from detector.cli.options import RUNTIMES, check_overlap, device_option, quiet_enabled, tile_options
+from detector.cli.options import (
+    RUNTIMES,
+    check_overlap,
+    data_root_option,
+    device_option,
+    quiet_enabled,
+    tile_options,
+)
 
 
 @click.command(name="eval")
@@ -18,13 +25,7 @@ from detector.cli.options import RUNTIMES, check_overlap, device_option, quiet_e
     help="Model file(s); the first is the baseline (default: the shipped model).",
 )
 @click.option("-s", "--set", "sets", multiple=True, help="Eval set name(s) from the config (default: all).")
-@click.option(
-    "--data",
-    "data_root",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Data root (default: $DETECTOR_SHARED_DATA or the config's).",
-)
+@data_root_option()
 @click.option(
     "-o",
     "--out",

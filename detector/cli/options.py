@@ -174,6 +174,34 @@ device_option = click.option(
 )
 
 
+def weights_option(help: str = "Model file (.onnx or .pt); default: the shipped model.") -> Callable[[F], F]:
+    """``-w/--weights FILE`` (one model file)."""
+    return click.option("-w", "--weights", type=click.Path(dir_okay=False), default=None, help=help)
+
+
+bands_option = click.option(
+    "--bands",
+    callback=parse_bands,
+    default=None,
+    help="Bands read as red,green,blue (1-based), or one band for gray.",
+)
+
+gsd_option = click.option(
+    "--gsd",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    callback=check_finite,
+    help="Ground sample distance in m/px, overriding the georeferencing.",
+)
+
+
+def data_root_option(
+    help: str = "Data root (default: $DETECTOR_SHARED_DATA or the config's).",
+) -> Callable[[F], F]:
+    """``--data DIR`` (the root the config's relative data paths are read from)."""
+    return click.option("--data", "data_root", type=click.Path(file_okay=False), default=None, help=help)
+
+
 def model_options(f: F) -> F:
     """``--device --runtime --conf --threads`` (the weights option differs per command)."""
     f = click.option(

@@ -9,15 +9,16 @@ from click.core import ParameterSource
 
 from detector.batch import QUICKLOOK_SUFFIX
 from detector.cli.options import (
-    check_finite,
+    bands_option,
     check_model_classes,
     check_overlap,
+    gsd_option,
     model_options,
-    parse_bands,
     parse_classes,
     parse_formats,
     quiet_enabled,
     tile_options,
+    weights_option,
 )
 from detector.writers import COLLECTION_FORMATS
 
@@ -45,13 +46,7 @@ EXIT_INTERRUPTED = 130
     callback=parse_formats,
     help="geojson (default), gpkg, csv, coco; repeat the option or give a comma list.",
 )
-@click.option(
-    "-w",
-    "--weights",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Model file (.onnx or .pt); default: the shipped model.",
-)
+@weights_option()
 @model_options
 @tile_options
 @click.option(
@@ -64,19 +59,8 @@ EXIT_INTERRUPTED = 130
     help="Keep only these classes (comma list of the model's class names, or transport-aircraft / "
     "small-aircraft, split from aircraft by size; `detector info` lists the model's names).",
 )
-@click.option(
-    "--bands",
-    callback=parse_bands,
-    default=None,
-    help="Bands read as red,green,blue (1-based), or one band for gray.",
-)
-@click.option(
-    "--gsd",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    callback=check_finite,
-    help="Ground sample distance in m/px, overriding the georeferencing.",
-)
+@bands_option
+@gsd_option
 @click.option("--no-resample", is_flag=True, help="Do not resample scenes to the model's training GSD.")
 @click.option(
     "--force-resolution",

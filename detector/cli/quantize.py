@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from detector.cli.options import data_root_option
 from detector.cli.train import import_training
 
 
@@ -25,13 +26,7 @@ from detector.cli.train import import_training
     default=None,
     help="Quantiser (default: the config's): nncf.quantize or onnxruntime's quantize_static.",
 )
-@click.option(
-    "--data",
-    "data_root",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Data root of the calibration sources (default: $DETECTOR_SHARED_DATA or the config's).",
-)
+@data_root_option("Data root of the calibration sources (default: $DETECTOR_SHARED_DATA or the config's).")
 def quantize(model: str, calib: str | None, out: str, method: str | None, data_root: str | None) -> None:
     """Quantise MODEL (an .onnx made by `detector export`) to INT8, calibrated on training tiles."""
     if not out.lower().endswith(".onnx"):
