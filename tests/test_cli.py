@@ -152,7 +152,10 @@ def test_predict_writes_every_format(tmp_path: Path, fake_model: dict) -> None:
     gj = json.loads((out / "geo.geojson").read_text())
     assert len(gj["features"]) == 1
     p = gj["features"][0]["properties"]
-    assert p["class"] == "small-aircraft" and (p["length_m"], p["width_m"]) == (10.0, 4.0)  # 20 x 8 px at 0.5 m
+    assert p["class"] == "small-aircraft" and (p["length_m"], p["width_m"]) == (
+        10.0,
+        4.0,
+    )  # 20 x 8 px at 0.5 m
     assert [p["px_xmin"], p["px_ymin"], p["px_xmax"], p["px_ymax"]] == [10, 12, 30, 20]
     lon, lat = np.asarray(gj["features"][0]["geometry"]["coordinates"][0]).mean(0)
     assert 15.0 < lon < 15.001 and 36.0 < lat < 36.2  # UTM 33N, 500 km east, 4000 km north

@@ -14,6 +14,7 @@ from training.wise import interpolate_state, main, wise  # noqa: E402
 
 TAXONOMY = default_classes()  # our classes in id order (configs/taxonomy.yaml)
 
+
 def _state(**tensors):
     return {k: torch.tensor(v) for k, v in tensors.items()}
 

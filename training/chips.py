@@ -52,8 +52,6 @@ logger = logging.getLogger(__name__)
 SPLITS = ("train", "val")
 
 
-
-
 @dataclass
 class SourceConfig:
     """One labelled source of a build.
@@ -217,7 +215,9 @@ class BuildConfig:
                     f"source #{i} ({s.get('name', '?')}): unknown key(s) {sorted(bad)}; known: {sorted(src_known)}"
                 )
             if "name" not in s or not isinstance(s.get("dataset"), dict):
-                raise BuildError(f"source #{i} ({s.get('name', '?')}): needs a `name` and a `dataset` mapping")
+                raise BuildError(
+                    f"source #{i} ({s.get('name', '?')}): needs a `name` and a `dataset` mapping"
+                )
             try:
                 sources.append(SourceConfig(**s))
             except DetectorError:

@@ -176,7 +176,8 @@ class TrainConfig:
                 )
         elif self.class_index is not None:
             if not isinstance(self.class_index, (list, tuple)) or not all(
-                i is None or (isinstance(i, int) and not isinstance(i, bool) and i >= 0) for i in self.class_index
+                i is None or (isinstance(i, int) and not isinstance(i, bool) and i >= 0)
+                for i in self.class_index
             ):
                 raise ValueError(
                     f"class_index must be {AUTO!r}, null or a list of source channels (>= 0 or null), "
