@@ -247,7 +247,9 @@ class Detector:
         """
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-        items = [sources] if isinstance(sources, (str, Path)) or not isinstance(sources, Sequence) else sources
+        items = (
+            [sources] if isinstance(sources, (str, Path)) or not isinstance(sources, Sequence) else sources
+        )
         for item in items:
             if isinstance(item, (str, Path)):
                 from detector.batch import expand_sources

@@ -447,7 +447,7 @@ def render(s: Any, r: dict[str, Any]) -> str:
             f"worker loads the model and runs one blank batch, then its peak-RSS count is reset (`VmHWM`), so the "
             f"peaks are the timed run's (model included). The batch: {s.dask_batch} generated "
             f"{d['batch_side']} x {d['batch_side']} GeoTIFFs (as in (c), other seeds), one task per scene. The "
-            f"split scene: the {d['split_side']} x {d['split_side']} GeoTIFF of (c), split into blocks of "
+            f"split scene: a generated {d['split_side']} x {d['split_side']} GeoTIFF (as in (c)), split into blocks of "
             f"{any_run['block_tiles']} tiles (scenes over {split_mp:g} MP are split), merged once in tile order.",
             "",
         ]
@@ -489,7 +489,8 @@ def render(s: Any, r: dict[str, Any]) -> str:
         big = sweep.get("largest_object_px")
         L += [
             f"Our path on the **{sweep['scene']}** scene for each tile size and overlap in pixels, one fresh "
-            f"process per setting, {_calls(s.repeats, 'timed call')} (median) after a warm-up; mAP50 from the "
+            f"process per setting, {_calls(sweep.get('repeats', s.repeats), 'timed call')} after a warm-up (the "
+            "seconds are indicative; (a) times the default setting properly); mAP50 from the "
             f"accuracy pass at conf {s.ap_conf} (same labels and metric as (a)). The largest labelled object of "
             "the scene is "
             + (f"{big:.0f} px long" if big else "unknown")

@@ -145,7 +145,8 @@ def test_quick_mode_never_writes_benchmarks_md(capsys: pytest.CaptureFixture[str
     s = bench.parse_args(["--quick"])
     assert s.out.name == "BENCHMARKS.quick.md" and s.repeats == 1 and s.scenes == []
     full = bench.parse_args([])
-    assert full.out == ROOT / "BENCHMARKS.md" and full.memory_sides == [5000, 10000, 20000]
+    assert full.out == ROOT / "BENCHMARKS.md" and full.memory_sides == [5000, 10000]
+    assert full.dask_split_side == 20000 and full.dask_workers == (1, 2)
     assert full.headline == 2560 and full.repeats == 3 and full.scenes is None
     assert full.sections == ("a", "b", "c", "d", "t")
     with pytest.raises(SystemExit):
@@ -254,7 +255,7 @@ def test_end_to_end_dask_batch_and_split(tmp_path: Path, shared_data: Path) -> N
     pytest.importorskip("distributed")
     out = tmp_path / "D.md"
     argv = ["--data", str(shared_data), "--out", str(out), "--cache", str(tmp_path / "cache")]
-    argv += ["--sections", "d", "--dask-workers", "1", "--dask-batch", "2", "--memory-sides", "1500"]
+    argv += ["--sections", "d", "--dask-workers", "1", "--dask-batch", "2", "--dask-split-side", "1500"]
     argv += ["--dask-split-pixels", "1000000"]  # the 1500 px scene (9 tiles) splits into blocks
     assert bench.main(argv) == 0
     raw = json.loads((tmp_path / "cache" / "bench.json").read_text())
