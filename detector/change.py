@@ -1105,18 +1105,9 @@ def to_geojson(changes: Changes, *, keep_crs: bool = False) -> dict[str, Any]:
         pts = georef.to_lonlat(changes.crs, pts)
     nd = 8 if (not pixels and not keep_crs) else 3
     pts = np.round(georef.ccw(pts), nd)
-    attrs = _attributes(changes)
-    features = []
-    for i in range(len(changes)):
-        ring = pts[i].tolist()
-        features.append(
-            {
-                "type": "Feature",
-                "id": i,
-                "geometry": {"type": "Polygon", "coordinates": [[*ring, ring[0]]]},
-                "properties": {k: attrs[k][i] for k in _LAYER_FIELDS},
-            }
-        )
+    from detector.writers import polygon_features
+
+    features = polygon_features(pts, _attributes(changes), _LAYER_FIELDS)
     out: dict[str, Any] = {"type": "FeatureCollection"}
     if pixels:
         out["coordinates"] = "image pixels of the before date (x right, y down); not georeferenced"

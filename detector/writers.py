@@ -706,6 +706,25 @@ def to_geojson(
     return _geojson([dets], keep_crs=keep_crs, provenance=provenance, collection=False)
 
 
+def polygon_features(
+    rings: np.ndarray, attrs: Mapping[str, Sequence[Any]], fields: Sequence[str]
+) -> list[dict[str, Any]]:
+    """GeoJSON Polygon features from 4-corner rings ``(N, 4, 2)`` (already oriented and rounded), ``id`` ``0..N-1``,
+    properties ``fields`` of the column table ``attrs``; each ring is closed by repeating its first corner."""
+    features = []
+    for i in range(len(rings)):
+        ring = rings[i].tolist()
+        features.append(
+            {
+                "type": "Feature",
+                "id": i,
+                "geometry": {"type": "Polygon", "coordinates": [[*ring, ring[0]]]},
+                "properties": {k: attrs[k][i] for k in fields},
+            }
+        )
+    return features
+
+
 def _geojson(
     scenes: Sequence[Detections],
     *,
@@ -721,19 +740,9 @@ def _geojson(
     if not pixels and not keep_crs:
         target = wgs84
     lay = _layer(scenes, target, scene_column=collection)
-    pts = np.round(lay.rings, _decimals(lay.geographic, pixels))
-    names = list(lay.attrs)
-    features = []
-    for i in range(len(pts)):
-        ring = pts[i].tolist()
-        features.append(
-            {
-                "type": "Feature",
-                "id": i,
-                "geometry": {"type": "Polygon", "coordinates": [[*ring, ring[0]]]},
-                "properties": {k: lay.attrs[k][i] for k in names},
-            }
-        )
+    features = polygon_features(
+        np.round(lay.rings, _decimals(lay.geographic, pixels)), lay.attrs, list(lay.attrs)
+    )
     out: dict[str, Any] = {"type": "FeatureCollection"}
     if pixels:
         out["crs"] = {"type": "name", "properties": {"name": PIXEL_CRS_WKT}}
