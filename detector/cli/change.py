@@ -16,6 +16,7 @@ from detector.cli.options import (
     comma_list,
     device_option,
     gsd_option,
+    threads_option,
     tile_options,
     weights_option,
 )
@@ -54,7 +55,7 @@ def _parse_shift(ctx: click.Context, param: click.Parameter, value: str | None) 
 )
 @weights_option("Model file for scene inputs (.onnx or .pt); default: the shipped model.")
 @device_option
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the model.")
+@threads_option
 @tile_options
 @click.option(
     "--high",

@@ -202,14 +202,14 @@ def data_root_option(
     return click.option("--data", "data_root", type=click.Path(file_okay=False), default=None, help=help)
 
 
+threads_option = click.option(
+    "--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the model (default: all)."
+)
+
+
 def model_options(f: F) -> F:
     """``--device --runtime --conf --threads`` (the weights option differs per command)."""
-    f = click.option(
-        "--threads",
-        type=click.IntRange(min=1),
-        default=None,
-        help="CPU threads for the model (default: all).",
-    )(f)
+    f = threads_option(f)
     f = click.option(
         "--conf",
         type=click.FloatRange(0, 1),
