@@ -46,6 +46,7 @@ import yaml
 from detector.errors import BuildError, DetectorError, RasterError  # noqa: F401  (BuildError: re-exported)
 from detector.labels import LabeledImage, LabelError, read_dataset, roboflow_stem
 from detector.taxonomy import IGNORE, Taxonomy, load_taxonomy
+from training.angles import UNRESOLVED
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,11 @@ class SourceConfig:
         max_chips: at most this many chips with objects from the source (``None``: all of them).
         keep_classes: chips holding one of these classes are always kept, whatever ``max_chips`` says.
         empty_share: share of empty chips among the source's chips (``None``: the build's ``empty_share``).
+        derive_angles: for a source with axis-aligned boxes and ``task: obb``: derive rotated labels from a
+            rotated model (:mod:`training.angles`; keys ``model``, ``min_iou``, ``conf``); objects without a
+            confident angle are painted over with the padding gray (ignore regions). ``None``: off.
+        root: folder this source's paths resolve against instead of the build's ``data_root`` (relative to the
+            working directory), for data the project generates itself (e.g. ``datasets/heli-extra``).
     """
 
     name: str
@@ -75,8 +81,12 @@ class SourceConfig:
     max_chips: int | None = None
     keep_classes: list[str] = field(default_factory=list)
     empty_share: float | None = None
+    derive_angles: dict[str, Any] | None = None
+    root: str | None = None
 
     def __post_init__(self) -> None:
+        if self.derive_angles is not None and not isinstance(self.derive_angles, dict):
+            raise BuildError(f"source {self.name!r}: derive_angles must be a mapping (model, min_iou, conf)")
         if self.split not in (*SPLITS, "auto"):
             raise BuildError(f"source {self.name!r}: split must be train, val or auto, got {self.split!r}")
         if not 0 <= self.val_fraction <= 1:
@@ -270,6 +280,7 @@ class Chip:
     x0: int
     y0: int
     objects: list[ChipObject]
+    paint: list[np.ndarray] = field(default_factory=list)  # boxes (chip pixels) painted gray: ignore regions
 
     @property
     def whole(self) -> set[int]:
@@ -293,6 +304,8 @@ class _SourceStats:
     empty_chips_kept: int = 0
     cut_below_min_visible: int = 0
     too_small: int = 0
+    angles: dict[str, Any] = field(default_factory=dict)
+    painted_objects: int = 0
 
 
 def _clip_object(
@@ -343,7 +356,10 @@ def plan_image(
         raise BuildError(f"{img.image}: image size unknown")
     w, h = round(img.width * scale), round(img.height * scale)
     classes = cfg.classes
-    ids = [i for i, a in enumerate(img.annotations) if a.cls in classes]
+    ids = [i for i, a in enumerate(img.annotations) if a.cls in classes and not a.attrs.get(UNRESOLVED)]
+    unresolved = np.array(
+        [a.xyxy * scale for a in img.annotations if a.cls in classes and a.attrs.get(UNRESOLVED)]
+    ).reshape(-1, 4)
     rects = [img.annotations[i].polygon * scale for i in ids]
     outlines = [img.annotations[i].outline * scale for i in ids]
     lo = np.array([o.min(axis=0) for o in outlines]).reshape(-1, 2)
@@ -379,7 +395,13 @@ def plan_image(
                 objs.append(
                     ChipObject(classes.index(ann.cls), rect, xyxy, truncated or ann.truncated, ids[k])
                 )
-            chips.append(Chip(src.name, split, img, scale, x0, y0, objs))
+            paint = [
+                np.clip(b - [x0, y0, x0, y0], 0, size)
+                for b in unresolved
+                if b[0] < box[2] and b[2] > box[0] and b[1] < box[3] and b[3] > box[1]
+            ]
+            stats.painted_objects += len(paint)
+            chips.append(Chip(src.name, split, img, scale, x0, y0, objs, paint))
     return chips
 
 
@@ -658,6 +680,10 @@ def _render(
             tile = np.zeros((size, size, 3), dtype=np.uint8)
             crop = arr[c.y0 : c.y0 + size, c.x0 : c.x0 + size]
             tile[: crop.shape[0], : crop.shape[1]] = crop
+            for b in c.paint:  # an object without a confident angle: neither taught as angle 0 nor as background
+                x1, y1 = np.floor(b[:2]).astype(int) - 2
+                x2, y2 = np.ceil(b[2:]).astype(int) + 2
+                tile[max(y1, 0) : y2, max(x1, 0) : x2] = 114
             stem = (
                 f"{c.source}__{roboflow_stem(c.image.image.name)}__s{round(c.scale * 100):03d}_{c.x0}_{c.y0}"
             )
@@ -728,10 +754,17 @@ def build(
     for src in order:
         st = stats[src.name]
         try:
-            imgs = read_dataset(src.dataset, root=root, taxonomy=taxonomy)
+            src_root = root if src.root is None else Path(src.root)
+            imgs = read_dataset(src.dataset, root=src_root, taxonomy=taxonomy)
         except LabelError as e:
             raise LabelError(f"source {src.name!r}: {e}") from e
         st.images_read = len(imgs)
+        if src.derive_angles is not None and cfg.task == "obb":
+            from training.angles import derive
+
+            imgs, angle_stats = derive(imgs, src.derive_angles, classes)
+            st.angles = angle_stats.to_dict()
+            logger.info("source %s: angles %s", src.name, st.angles)
         kept = []
         for img in imgs:
             st.label_lines_skipped += len(img.skipped)

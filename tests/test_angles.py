@@ -1,0 +1,135 @@
+"""Angle derivation for axis-aligned sources (training/angles.py) on generated scenes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from detector.detections import Detections
+from detector.labels.types import Annotation, LabeledImage, box_polygon
+from training.angles import UNRESOLVED, assign_angles, axis_aligned, derive_image, silhouette_boxes
+
+NAMES = ("aircraft", "helicopter", "small-vehicle", "large-vehicle")
+
+
+def _label_box(xywhr: np.ndarray, cross: bool) -> np.ndarray:
+    return silhouette_boxes(xywhr[None], np.array([cross]))[0]
+
+
+def test_silhouette_of_a_cross_is_tighter_than_the_rectangle_at_45_degrees():
+    r = np.array([[100.0, 100.0, 40.0, 40.0, np.pi / 4]])
+    rect = silhouette_boxes(r, np.array([False]))[0]
+    cross = silhouette_boxes(r, np.array([True]))[0]
+    assert rect[2] - rect[0] == pytest.approx(40 * np.sqrt(2))
+    assert cross[2] - cross[0] == pytest.approx(40 / np.sqrt(2))
+    # at angle 0 both are the rectangle itself
+    r0 = np.array([[0.0, 0.0, 30.0, 10.0, 0.0]])
+    np.testing.assert_allclose(silhouette_boxes(r0, np.array([True])), silhouette_boxes(r0, np.array([False])))
+
+
+def test_assign_takes_the_model_angle_and_the_label_size():
+    truth = np.array([[50.0, 60.0, 30.0, 12.0, 0.5], [200.0, 80.0, 40.0, 36.0, 1.0]])
+    boxes = np.array([_label_box(truth[0], False), _label_box(truth[1], True)])
+    # the model sees them slightly off in size and position, with the right angles
+    dets = truth.copy()
+    dets[:, :2] += 1.5
+    dets[:, 2:4] *= 1.08
+    xywhr, ok = assign_angles(boxes, ["small-vehicle", "aircraft"], dets, ["small-vehicle", "aircraft"])
+    assert ok.all()
+    np.testing.assert_allclose(xywhr[:, 4], truth[:, 4])
+    np.testing.assert_allclose(xywhr[:, :2], (boxes[:, :2] + boxes[:, 2:]) / 2)
+    # rescaled to the label: the silhouette of the derived rectangle is the label box again
+    np.testing.assert_allclose(xywhr[:, 2:4], truth[:, 2:4], rtol=1e-6)
+
+
+def test_assign_leaves_unmatched_and_incompatible_labels_unresolved():
+    truth = np.array([[50.0, 60.0, 30.0, 12.0, 0.5]])
+    box = _label_box(truth[0], False)[None]
+    far = truth + [[80.0, 0, 0, 0, 0]]
+    _, ok = assign_angles(box, ["small-vehicle"], far, ["small-vehicle"])
+    assert not ok.any()
+    _, ok = assign_angles(box, ["small-vehicle"], truth, ["aircraft"])  # a vehicle never takes an aircraft's angle
+    assert not ok.any()
+    _, ok = assign_angles(box, ["large-vehicle"], truth, ["small-vehicle"])  # vehicle classes are one group
+    assert ok.all()
+    # one detection serves one label only
+    _, ok = assign_angles(np.vstack([box, box]), ["small-vehicle"] * 2, truth, ["small-vehicle"])
+    assert ok.sum() == 1
+
+
+def test_axis_aligned():
+    assert axis_aligned(box_polygon(1, 2, 30, 40))
+    assert not axis_aligned(np.array([[0, 0], [10, 2], [8, 12], [-2, 10]], dtype=float))
+
+
+class _FakeDetector:
+    """An OBB 'model' that reports fixed rotated boxes (the derivation's only contract with the model)."""
+
+    def __init__(self, xywhr: np.ndarray, classes: list[int]) -> None:
+        self.xywhr = xywhr
+        self.classes = classes
+        self.seen: list[str] = []
+
+    def predict(self, path: str) -> Detections:
+        self.seen.append(path)
+        from detector.geometry import corners_to_xyxy, xywhr_to_corners
+
+        return Detections(
+            xyxy=corners_to_xyxy(xywhr_to_corners(self.xywhr)),
+            scores=np.full(len(self.xywhr), 0.9),
+            class_ids=np.array(self.classes),
+            class_names=NAMES,
+            xywhr=self.xywhr,
+        )
+
+
+def test_derive_image_on_a_generated_scene(tmp_path: Path):
+    path = tmp_path / "scene.png"
+    Image.fromarray(np.full((200, 300, 3), 90, np.uint8)).save(path)
+    plane = np.array([120.0, 100.0, 50.0, 46.0, 0.7])
+    car = np.array([40.0, 40.0, 20.0, 9.0, 1.2])
+    anns = [
+        Annotation(path, "aircraft", "0", box_polygon(*_label_box(plane, True))),
+        Annotation(path, "small-vehicle", "car", box_polygon(*_label_box(car, False))),
+        Annotation(path, "aircraft", "0", box_polygon(250, 150, 290, 190)),  # the model sees nothing there
+    ]
+    img = LabeledImage(path, 300, 200, None, anns, group="g")
+    fake = _FakeDetector(np.stack([plane, car]), [0, 2])
+    out, stats = derive_image(img, fake, NAMES, min_iou=0.8)
+    assert fake.seen == [str(path)]
+    assert (stats.objects, stats.derived, stats.unresolved) == (3, 2, 1)
+    a, c, u = out.annotations
+    assert a.rotated and c.rotated and not u.rotated
+    assert u.attrs[UNRESOLVED] is True and UNRESOLVED not in a.attrs
+    # the derived rectangles have the model's headings: their long side points along the model's angle
+    for ann, truth in ((a, plane), (c, car)):
+        edges = [ann.polygon[1] - ann.polygon[0], ann.polygon[2] - ann.polygon[1]]
+        w_edge = min(edges, key=lambda e: abs(np.linalg.norm(e) - truth[2]))
+        assert np.linalg.norm(w_edge) == pytest.approx(truth[2], rel=1e-6)
+        assert np.arctan2(w_edge[1], w_edge[0]) % np.pi == pytest.approx(truth[4] % np.pi, abs=1e-6)
+
+
+def test_unresolved_objects_are_painted_gray_in_the_chips(tmp_path: Path):
+    from training.chips import BuildConfig, SourceConfig, _render, _SourceStats, plan_image
+
+    path = tmp_path / "scene.png"
+    Image.fromarray(np.full((100, 100, 3), 200, np.uint8)).save(path)
+    kept = Annotation(path, "aircraft", "0", np.array([[10, 10], [40, 15], [37, 33], [7, 28]], float), rotated=True)
+    lost = Annotation(path, "aircraft", "0", box_polygon(60, 60, 80, 90), attrs={UNRESOLVED: True})
+    img = LabeledImage(path, 100, 100, None, [kept, lost], group="g")
+    src = SourceConfig(name="s", dataset={})
+    cfg = BuildConfig(name="t", out=str(tmp_path / "out"), sources=[src], task="obb", chip=100, overlap=0)
+    (chip,) = plan_image(src, "train", img, 1.0, cfg, _SourceStats())
+    assert [o.ann_index for o in chip.objects] == [0]  # the unresolved one is no label ...
+    np.testing.assert_allclose(chip.paint[0], [60, 60, 80, 90])  # ... but an ignore region
+    out = tmp_path / "out"
+    for d in ("images/train", "labels/train"):
+        (out / d).mkdir(parents=True)
+    cfg.image_format = "png"
+    _render([chip], cfg, out, None)
+    pix = np.asarray(Image.open(out / "images/train" / "s__scene__s100_0_0.png"))
+    assert (pix[62:88, 62:78] == 114).all() and (pix[5:50, 45:55] == 200).all()
+    assert len((out / "labels/train" / "s__scene__s100_0_0.txt").read_text().splitlines()) == 1

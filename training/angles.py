@@ -1,0 +1,292 @@
+"""Rotated labels for sources that only have axis-aligned boxes (HRPlanes, KIT), derived from a rotated model.
+
+An axis-aligned label does not say which way an aircraft points; training an OBB model on angle-0 boxes would
+teach it that every aircraft points north. Instead (issue 7, "derive their angles"):
+
+1. run a rotated (OBB) model over the source image (by default the DOTA start, ``yolov8n-obb``);
+2. for every label box, take the rotated detection of a compatible class whose *silhouette box* matches the
+   label best. The silhouette box is the axis-aligned box the object itself would have inside the rotated
+   rectangle: for vehicles the rectangle's enclosing box; for aircraft and helicopters the box of the cross
+   drawn by fuselage and wings (a rotated rectangle's corners are empty for an aircraft, so its enclosing box
+   is up to ~4x the tight label at 45 degrees, and comparing to it would reject exactly the diagonal aircraft);
+3. keep the match when that IoU is ``>= min_iou`` (0.8): the label becomes the model's rotated rectangle,
+   centred on the label box and scaled so that its silhouette box has the label's area;
+4. otherwise the object is **unresolved**: its box is painted over with the padding gray in the chips (an
+   ignore region), never taught as angle 0 and never taught as background.
+
+``measure`` scores the rule on a source that has rotated labels (GDIT's quadrilaterals, DOTA): it hides the
+angles, derives them from the enclosing boxes, and compares with the truth (the model card's numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from detector.geometry import xywhr_to_corners
+from detector.labels.types import Annotation, LabeledImage, box_polygon, min_area_rect
+
+logger = logging.getLogger(__name__)
+
+#: classes drawn as a cross (fuselage and wings, or rotor blades) inside their rotated rectangle
+CROSS_CLASSES = frozenset({"aircraft", "helicopter", "transport-aircraft", "small-aircraft"})
+#: class groups a label may take its angle from
+GROUPS = ({"aircraft", "helicopter", "transport-aircraft", "small-aircraft"}, {"small-vehicle", "large-vehicle"})
+UNRESOLVED = "unresolved"  # Annotation.attrs key: True when no angle could be derived (an ignore region)
+
+
+@dataclass
+class AngleStats:
+    """What the derivation did on one source."""
+
+    objects: int = 0
+    derived: int = 0
+    unresolved: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        share = self.derived / self.objects if self.objects else 0.0
+        return {"objects": self.objects, "derived": self.derived, "unresolved": self.unresolved, "share": share}
+
+
+def silhouette_boxes(xywhr: np.ndarray, cross: np.ndarray) -> np.ndarray:
+    """Axis-aligned boxes ``(N, 4)`` of objects inside rotated rectangles ``(N, 5)``: the rectangle's enclosing
+    box, or (``cross`` true) the box of the cross of its two centre lines (an aircraft's fuselage and wings)."""
+    xywhr = np.asarray(xywhr, dtype=np.float64).reshape(-1, 5)
+    cx, cy, w, h, r = xywhr.T
+    c, s = np.abs(np.cos(r)), np.abs(np.sin(r))
+    ex_rect, ey_rect = w * c + h * s, w * s + h * c
+    ex_cross, ey_cross = np.maximum(w * c, h * s), np.maximum(w * s, h * c)
+    ex = np.where(cross, ex_cross, ex_rect)
+    ey = np.where(cross, ey_cross, ey_rect)
+    return np.stack([cx - ex / 2, cy - ey / 2, cx + ex / 2, cy + ey / 2], axis=1)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(axis=2)
+    area_a = (a[:, 2:] - a[:, :2]).prod(axis=1)
+    area_b = (b[:, 2:] - b[:, :2]).prod(axis=1)
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def _compatible(label_cls: str, det_cls: str) -> bool:
+    return any(label_cls in g and det_cls in g for g in GROUPS)
+
+
+def assign_angles(
+    boxes: np.ndarray,
+    classes: Sequence[str],
+    det_xywhr: np.ndarray,
+    det_classes: Sequence[str],
+    *,
+    min_iou: float = 0.8,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rotated rectangles for label ``boxes`` ``(N, 4)`` from rotated detections ``(M, 5)``.
+
+    Returns ``(xywhr (N, 5), ok (N,))``: for each label the derived rectangle (centred on the label box, its
+    sides scaled so that its silhouette box has the label's area) and whether one was found; labels without
+    a match of silhouette IoU ``>= min_iou`` get ``ok=False`` (their row is the angle-0 box, not to be used).
+    One detection serves at most one label (Hungarian assignment on IoU).
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    det_xywhr = np.asarray(det_xywhr, dtype=np.float64).reshape(-1, 5)
+    n = len(boxes)
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    size = boxes[:, 2:] - boxes[:, :2]
+    out = np.column_stack([centre, size, np.zeros(n)])
+    ok = np.zeros(n, dtype=bool)
+    if n == 0 or len(det_xywhr) == 0:
+        return out, ok
+    cross_l = np.array([c in CROSS_CLASSES for c in classes])
+    cross_d = np.array([c in CROSS_CLASSES for c in det_classes])
+    sil = silhouette_boxes(det_xywhr, cross_d)
+    iou = _iou(boxes, sil)
+    compat = np.array([[_compatible(lc, dc) for dc in det_classes] for lc in classes])
+    iou = np.where(compat, iou, 0.0)
+    rows, cols = linear_sum_assignment(-iou)
+    for i, j in zip(rows, cols, strict=True):
+        if iou[i, j] < min_iou:
+            continue
+        cx, cy, w, h, r = det_xywhr[j]
+        # scale the rectangle so that its silhouette (under the label's class model) has the label's area
+        sb = silhouette_boxes(np.array([[cx, cy, w, h, r]]), np.array([cross_l[i]]))[0]
+        area_s = float(np.prod(sb[2:] - sb[:2]))
+        k = np.sqrt(float(np.prod(size[i])) / area_s) if area_s > 0 else 1.0
+        out[i] = (centre[i, 0], centre[i, 1], w * k, h * k, r)
+        ok[i] = True
+    return out, ok
+
+
+def axis_aligned(rect: np.ndarray) -> bool:
+    """Whether a label rectangle ``(4, 2)`` has horizontal and vertical sides (GDIT writes its axis-aligned
+    boxes as DOTA quadrilaterals, so the reader's ``rotated`` flag cannot tell)."""
+    edges = np.diff(np.vstack([rect, rect[:1]]), axis=0)
+    return bool((np.abs(edges).min(axis=1) <= 1e-6 * max(1.0, float(np.abs(rect).max()))).all())
+
+
+def derive_image(
+    img: LabeledImage, detector: Any, classes: Sequence[str], *, min_iou: float = 0.8
+) -> tuple[LabeledImage, AngleStats]:
+    """``img`` with rotated labels derived by ``detector`` (a :class:`detector.pipeline.Detector` of an OBB
+    model); unresolved objects keep their box and get ``attrs["unresolved"] = True``."""
+    stats = AngleStats()
+    idx = [i for i, a in enumerate(img.annotations) if a.cls in classes and axis_aligned(a.polygon)]
+    if not idx:
+        return img, stats
+    dets = detector.predict(str(img.image))
+    if dets.xywhr is None:
+        raise ValueError(f"angle derivation needs a rotated (OBB) model, got {detector.meta.task!r}")
+    names = [dets.class_names[c] for c in dets.class_ids]
+    boxes = np.array([img.annotations[i].xyxy for i in idx])
+    xywhr, ok = assign_angles(boxes, [img.annotations[i].cls for i in idx], dets.xywhr, names, min_iou=min_iou)
+    anns = list(img.annotations)
+    for k, i in enumerate(idx):
+        a = anns[i]
+        stats.objects += 1
+        if ok[k]:
+            stats.derived += 1
+            rect = xywhr_to_corners(xywhr[k : k + 1])[0]
+            attrs = {key: v for key, v in a.attrs.items() if key != "outline"}
+            anns[i] = replace(a, polygon=rect, rotated=True, attrs={**attrs, "angle_from": "model"})
+        else:
+            stats.unresolved += 1
+            anns[i] = replace(a, attrs={**a.attrs, UNRESOLVED: True})
+    return replace(img, annotations=anns), stats
+
+
+def load_detector(model: str | Path, *, conf: float = 0.05, threads: int | None = None) -> Any:
+    """The rotated model used for derivation, with the product's tiling and no size rules or cross-class
+    merge (each detection's own geometry is wanted)."""
+    from detector.pipeline import Detector
+
+    det = Detector.load(model, conf=conf, threads=threads, sizes=False, cross_class_iou=None, resolution_factor=None)
+    if det.meta.task != "obb":
+        raise ValueError(f"{model}: angle derivation needs a rotated (OBB) model, this one is {det.meta.task!r}")
+    return det
+
+
+def derive(
+    images: Iterable[LabeledImage], spec: dict[str, Any], classes: Sequence[str], *, root: Path | None = None
+) -> tuple[list[LabeledImage], AngleStats]:
+    """Derive angles for every image of a source (``spec`` is the source's ``derive_angles`` mapping:
+    ``model`` (path), ``min_iou`` (0.8), ``conf`` (0.05))."""
+    model = Path(spec.get("model", "weights/pretrained/yolov8n-obb.onnx"))
+    detector = load_detector(model, conf=float(spec.get("conf", 0.05)))
+    min_iou = float(spec.get("min_iou", 0.8))
+    total = AngleStats()
+    out = []
+    for img in images:
+        new, st = derive_image(img, detector, classes, min_iou=min_iou)
+        out.append(new)
+        total.objects += st.objects
+        total.derived += st.derived
+        total.unresolved += st.unresolved
+    return out, total
+
+
+# ------------------------------------------------------------------------------------------- measurement
+
+
+def _rect_iou(a: np.ndarray, b: np.ndarray) -> float:
+    import shapely
+
+    pa, pb = shapely.Polygon(a), shapely.Polygon(b)
+    if not (pa.is_valid and pb.is_valid) or pa.area <= 0 or pb.area <= 0:
+        return 0.0
+    inter = pa.intersection(pb).area
+    return float(inter / (pa.area + pb.area - inter))
+
+
+def measure(
+    images: Sequence[LabeledImage], detector: Any, classes: Sequence[str], *, min_iou: float = 0.8
+) -> dict[str, Any]:
+    """Hide the angles of rotated labels, derive them from their enclosing boxes, compare with the truth.
+
+    Returns per class: objects, derived share, median rotated IoU of the derived rectangle with the true one,
+    and the same for the angle-0 box (what training on axis-aligned labels would teach).
+    """
+    per: dict[str, dict[str, list[float]]] = {}
+    for img in images:
+        anns = [a for a in img.annotations if a.cls in classes and a.rotated]
+        if not anns:
+            continue
+        hidden = [replace(a, polygon=box_polygon(*a.xyxy), rotated=False, attrs={}) for a in anns]
+        derived, _ = derive_image(replace(img, annotations=hidden), detector, classes, min_iou=min_iou)
+        for a, d in zip(anns, derived.annotations, strict=True):
+            rec = per.setdefault(a.cls, {"ok": [], "iou_derived": [], "iou_box": []})
+            truth = min_area_rect(a.polygon)
+            rec["iou_box"].append(_rect_iou(truth, box_polygon(*a.xyxy)))
+            ok = not d.attrs.get(UNRESOLVED, False)
+            rec["ok"].append(float(ok))
+            if ok:
+                rec["iou_derived"].append(_rect_iou(truth, d.polygon))
+    report: dict[str, Any] = {}
+    for cls, rec in sorted(per.items()):
+        pairs = [(b, d) for b, d, ok in zip(rec["iou_box"], _expand(rec), rec["ok"], strict=True) if ok]
+        report[cls] = {
+            "objects": len(rec["ok"]),
+            "derived_share": float(np.mean(rec["ok"])),
+            "median_iou_derived": float(np.median([d for _, d in pairs])) if pairs else None,
+            "median_iou_box_same_objects": float(np.median([b for b, _ in pairs])) if pairs else None,
+            "median_iou_box_all": float(np.median(rec["iou_box"])),
+        }
+    return report
+
+
+def _expand(rec: dict[str, list[float]]) -> list[float]:
+    """``iou_derived`` aligned with ``ok`` (0.0 where unresolved)."""
+    it = iter(rec["iou_derived"])
+    return [next(it) if ok else 0.0 for ok in rec["ok"]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from detector.labels import read_dataset
+    from detector.taxonomy import load_taxonomy
+
+    p = argparse.ArgumentParser(
+        prog="python -m training.angles",
+        description="Measure the angle derivation on a source with rotated labels (angles hidden, then derived).",
+    )
+    p.add_argument("--data", default="../shared/data", help="data root")
+    p.add_argument("--model", default="weights/pretrained/yolov8n-obb.onnx")
+    p.add_argument("--min-iou", type=float, default=0.8)
+    p.add_argument("--limit", type=int, default=None, help="at most this many images per source")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=None,
+        help="an eval set of configs/eval.yaml with rotated labels (default: isaid-512/test and dota/demo)",
+    )
+    p.add_argument("-o", "--out", default=None, help="write the report as JSON here")
+    args = p.parse_args(argv)
+    taxonomy = load_taxonomy()
+    classes = taxonomy.classes
+    import yaml
+
+    from detector.resources import config_path
+
+    sets = yaml.safe_load(config_path("eval.yaml").read_text())["sets"]
+    detector = load_detector(args.model)
+    report = {}
+    for name in args.set or ["isaid-512/test", "dota/demo"]:
+        spec = {k: v for k, v in sets[name].items() if k not in ("description", "classes", "iou_type")}
+        imgs = read_dataset(spec, root=Path(args.data), taxonomy=taxonomy)[: args.limit]
+        report[name] = measure(imgs, detector, classes, min_iou=args.min_iou)
+        print(name, json.dumps(report[name], indent=1), flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
