@@ -17,7 +17,7 @@ setup(
     package_dir={"detector._configs": "configs", "detector._weights": "weights"},
     package_data={
         "detector": ["py.typed"],
-        "detector._configs": ["*.yaml"],
+        "detector._configs": ["*.yaml", "*.json"],
         "detector._configs.data": ["*.yaml"],
         "detector._configs.train": ["*.yaml"],
         "detector._weights": ["detector.onnx", "detector-int8.onnx", "MODEL_CARD.md"],

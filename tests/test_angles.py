@@ -133,3 +133,28 @@ def test_unresolved_objects_are_painted_gray_in_the_chips(tmp_path: Path):
     pix = np.asarray(Image.open(out / "images/train" / "s__scene__s100_0_0.png"))
     assert (pix[62:88, 62:78] == 114).all() and (pix[5:50, 45:55] == 200).all()
     assert len((out / "labels/train" / "s__scene__s100_0_0.txt").read_text().splitlines()) == 1
+
+
+def test_helicopter_box_rotor_disc_turns_fuselage_labels_into_discs(tmp_path: Path):
+    from detector.labels import read_dataset
+    from detector.labels.types import ROTOR_K
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(tmp_path / "images" / "t.png")
+    # a 40 x 10 px helicopter fuselage (class 0) and a 20 x 10 px car (class 1), normalised polygons
+    (tmp_path / "labels" / "t.txt").write_text(
+        "0 0.30 0.45 0.70 0.45 0.70 0.55 0.30 0.55\n1 0.10 0.10 0.30 0.10 0.30 0.20 0.10 0.20\n"
+    )
+    spec = {"format": "yolo_seg", "name": "t", "path": "images", "labels": "labels", "names": ["helicopter", "car"]}
+    plain = read_dataset(spec, root=tmp_path, taxonomy=None)[0].annotations
+    disc = read_dataset({**spec, "helicopter_box": "rotor_disc"}, root=tmp_path, taxonomy=None)[0].annotations
+    np.testing.assert_allclose(disc[1].polygon, plain[1].polygon)  # other classes untouched
+    side = ROTOR_K * 40
+    lo, hi = disc[0].xyxy[:2], disc[0].xyxy[2:]
+    np.testing.assert_allclose(hi - lo, [side, side], atol=1e-6)
+    np.testing.assert_allclose((lo + hi) / 2, [50, 50], atol=1e-6)
+    from detector.labels import LabelError
+
+    with pytest.raises(LabelError, match="helicopter_box"):
+        read_dataset({**spec, "helicopter_box": "fuselage"}, root=tmp_path, taxonomy=None)

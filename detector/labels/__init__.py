@@ -13,6 +13,12 @@ One reader per format: :func:`read_coco`, :func:`read_dota`, :func:`read_yolo`, 
     group_pattern: '^([A-Z]+)_\\d+$'  # optional regex on the file stem giving the scene id
     taxonomy: configs/taxonomy.yaml  # default: the package's table; null keeps source class names
     on_error: raise             # or skip
+    include: isaid-scenes.json#test-unseen  # optional: keep only the images (file names) this list names
+    helicopter_box: rotor_disc  # optional: turn fuselage-only helicopter labels (iSAID) into rotor discs (DOTA's)
+
+``include`` names a text file (one image file name per line, ``#`` comments) or a JSON file holding a list of
+names, with ``#key`` selecting a list inside a JSON object. A relative path resolves against the root, else the
+package's ``configs/`` folder. Every listed name must be an image of the set (a stale list is an error).
 
 Relative paths resolve against ``root`` (argument or spec key), else the spec file's folder.
 See :mod:`detector.labels.types` for the coordinate contract.
@@ -67,6 +73,8 @@ _SPEC_KEYS = {
     "on_error",
     "root",
     "use_segmentation",
+    "include",
+    "helicopter_box",
 }
 _DEFAULT = object()
 
@@ -107,7 +115,7 @@ def read_dataset(
         raise LabelError(f"{where}: format must be one of {FORMATS}, got {spec.get('format')!r}")
     if "path" not in spec:
         raise LabelError(f"{where}: `path` is required")
-    for key in ("path", "images", "labels", "root", "taxonomy", "group", "group_pattern"):
+    for key in ("path", "images", "labels", "root", "taxonomy", "group", "group_pattern", "include"):
         if spec.get(key) is not None and not isinstance(spec[key], (str, Path)):
             raise LabelError(f"{where}: `{key}` must be a string, got {spec[key]!r}")
     on_error = spec.get("on_error", "raise")
@@ -136,6 +144,54 @@ def read_dataset(
             tax = load_taxonomy(tax_entry if Path(tax_entry).is_absolute() else Path(tax_entry))
     else:
         tax = taxonomy  # type: ignore[assignment]
+    keep = _include(spec["include"], resolve, where) if spec.get("include") is not None else None
+    images = _read(spec, fmt, tax, gsd, on_error, resolve, where)
+    box = spec.get("helicopter_box")
+    if box is not None:
+        if box != "rotor_disc":
+            raise LabelError(f"{where}: helicopter_box must be rotor_disc, got {box!r}")
+        images = [_rotor_discs(im) for im in images]
+    if keep is None:
+        return images
+    missing = sorted(keep - {im.image.name for im in images})
+    if missing:
+        raise LabelError(
+            f"{where}: {len(missing)} image(s) named by include {spec['include']!r} are not in the set, "
+            f"e.g. {missing[0]!r}"
+        )
+    return [im for im in images if im.image.name in keep]
+
+
+def _rotor_discs(img: LabeledImage) -> LabeledImage:
+    """``img`` with every helicopter label as its rotor disc (:func:`~detector.labels.types.rotor_disc`)."""
+    from dataclasses import replace
+
+    from detector.labels.types import rotor_disc
+
+    anns = [
+        replace(
+            a,
+            polygon=rotor_disc(a.polygon),
+            rotated=True,
+            attrs={k: v for k, v in a.attrs.items() if k != "outline"},
+        )
+        if a.cls == "helicopter"
+        else a
+        for a in img.annotations
+    ]
+    return replace(img, annotations=anns)
+
+
+def _read(
+    spec: dict[str, Any],
+    fmt: str,
+    tax: Taxonomy | None,
+    gsd: float | None,
+    on_error: str,
+    resolve: Any,
+    where: str,
+) -> list[LabeledImage]:
+    """The reader of ``fmt`` over the spec's paths."""
     name = str(spec.get("name") or fmt)
     common: dict[str, Any] = {
         "dataset": name,
@@ -167,6 +223,37 @@ def read_dataset(
         names = resolve(names)
     reader = {"yolo": read_yolo, "yolo_obb": read_yolo_obb, "yolo_seg": read_yolo_seg}[fmt]
     return reader(path, labels=resolve(spec.get("labels")), names=names, group=spec.get("group"), **common)
+
+
+def _include(entry: str, resolve: Any, where: str) -> set[str]:
+    """The image file names an ``include`` entry (``file`` or ``file.json#key``) lists."""
+    import json
+
+    from detector.resources import config_path
+
+    file, _, key = str(entry).partition("#")
+    path = Path(resolve(file))
+    if not path.is_file() and not Path(file).is_absolute():
+        path = config_path(file)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise LabelError(f"{where}: cannot read the include list {path} ({e})") from e
+    if path.suffix.lower() != ".json":
+        if key:
+            raise LabelError(f"{where}: include {entry!r}: '#{key}' selects a list in a JSON file only")
+        return {ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")}
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise LabelError(f"{path}: include list is not JSON ({e})") from e
+    if key:
+        if not isinstance(doc, dict) or key not in doc:
+            raise LabelError(f"{path}: include {entry!r}: no key {key!r} in the JSON object")
+        doc = doc[key]
+    if not isinstance(doc, list) or not all(isinstance(n, str) for n in doc):
+        raise LabelError(f"{path}: include {entry!r} must be a list of image file names")
+    return set(doc)
 
 
 def _gsd(value: Any, where: str) -> float | None:

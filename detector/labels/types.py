@@ -225,6 +225,46 @@ def min_area_rect(points: np.ndarray) -> np.ndarray:
     return coords
 
 
+#: Rotor diameter / fuselage length of real helicopters (Mi-8 1.17, Mi-24 0.99, Ka-52 1.07, UH-60 1.07, UH-1
+#: 1.14, AH-64 0.97, Bell 206 1.07; median 1.07): a fuselage-only label becomes a rotor disc of this x its length.
+ROTOR_K = 1.1
+#: A helicopter rectangle this elongated (length / width) is a fuselage-only label (iSAID), not a rotor disc.
+FUSELAGE_ASPECT = 2.0
+
+
+def rect_axes(rect: np.ndarray) -> tuple[np.ndarray, float, float, np.ndarray]:
+    """Centre, length, width and the unit long axis of a ``(4, 2)`` rectangle given by its corners in order."""
+    rect = np.asarray(rect, dtype=np.float64)
+    e1, e2 = rect[1] - rect[0], rect[2] - rect[1]
+    n1, n2 = float(np.hypot(*e1)), float(np.hypot(*e2))
+    axis, length, width = (e1 / max(n1, 1e-9), n1, n2) if n1 >= n2 else (e2 / max(n2, 1e-9), n2, n1)
+    return rect.mean(axis=0), length, width, axis
+
+
+def square(centre: np.ndarray, side: float, axis: np.ndarray) -> np.ndarray:
+    """The ``(4, 2)`` corners of a square of ``side`` centred on ``centre``, one side along ``axis``."""
+    u = np.asarray(axis, dtype=np.float64) * side / 2
+    v = np.array([-u[1], u[0]])
+    c = np.asarray(centre, dtype=np.float64)
+    return np.array([c - u - v, c + u - v, c + u + v, c - u + v])
+
+
+def rotor_disc(rect: np.ndarray, k: float = ROTOR_K, fuselage_aspect: float = FUSELAGE_ASPECT) -> np.ndarray:
+    """The rotor-disc box of a helicopter label (the DOTA convention), ``(4, 2)`` corners in pixels.
+
+    A fuselage-only label (aspect >= ``fuselage_aspect``) becomes a square of side ``k`` x its length, centred
+    on it and aligned with it; a disc-like label becomes a square of side its length.
+    """
+    centre, length, width, axis = rect_axes(rect)
+    if not length > 0:
+        raise ValueError(
+            f"a helicopter rectangle needs a positive length, got corners {np.asarray(rect).tolist()}"
+        )
+    side = k * length if length >= fuselage_aspect * max(width, 1e-9) else length
+    return square(centre, side, axis)
+
+
+
 class LineErrors:
     """Raise or collect malformed-line errors for one label file, as ``on_error`` asks."""
 
