@@ -11,14 +11,19 @@ The flow of :func:`compare`, top to bottom:
       -> stage 1: one-to-one Hungarian assignment on centre distance (+ size, heading) within a small
          tolerance, same compatibility group, against every after object above the *low* score -> stayed
       -> stage 2: confident leftovers of both dates within ``move_radius_m``, similar size -> moved
-      -> leftovers above the *high* score -> departed / arrived; objects outside the common area -> not-covered
+      -> leftovers above the *high* score -> departed / arrived; leftovers between *mid* and *high* only
+         when the other date is clear at their place; objects outside the common area -> not-covered
 
-Hysteresis: predict with a low confidence (e.g. 0.1) and compare with two thresholds. An object of the
-before date counts as departed only if its score is at least ``high`` *and* nothing of a compatible class
-scores at least ``low`` at its place after (and symmetrically for arrived), so an object that merely flickers
-around the model's threshold stays ``stayed``. Unmatched detections below ``high`` are not objects, and an
-unmatched one whose footprint lies mostly (``stay_ios``) on a detection of the other date is a duplicate, not
-a change: both are dropped (``Changes.meta["dropped"]`` counts them).
+Hysteresis: predict with a low confidence (e.g. 0.1) and compare with three thresholds. An object of the
+before date counts as departed when it is unmatched and either its score is at least ``high``, or it is at
+least ``mid`` *and* the after date is clear there: nothing of a compatible class scores at least ``low`` with
+its centre within ``clear_m`` of the object's footprint (after removing the misregistration; within
+``max_shift_m`` when no shift could be estimated). Symmetrically for arrived. An object that merely flickers
+around the model's threshold (0.3 one date, 0.15 the other) is therefore never a change: stage 1 matches it
+when one side is high, and otherwise the other date is not clear. Unmatched detections below ``mid``, and
+below ``high`` where the other date is not clear, are not objects; an unmatched one whose footprint lies
+mostly (``stay_ios``) on a detection of the other date is a duplicate, not a change: all are dropped
+(``Changes.meta["dropped"]`` counts them; ``meta["mid_changes"]`` counts the changes taken at ``mid``).
 
 Coordinates in :class:`Changes`: ``x``/``y`` and the footprints are in :attr:`Changes.crs` and in the before
 date's frame (after-date objects moved by ``-shift``, so they overlay the before scene); ``x_after`` /
@@ -77,7 +82,12 @@ class ChangeConfig:
 
     Attributes:
         high: score an object needs to count as departed, arrived, moved or not-covered.
+        mid: score at which an unmatched object still counts as departed or arrived when the other date is
+            clear at its place (nothing compatible at ``low`` or more within ``clear_m``); ``mid = high``
+            turns this off.
         low: score above which a detection counts as "something is there" (predict with at most this conf).
+        clear_m: the other date must be clear within this distance of a ``mid``-score object's footprint
+            (the residual misregistration after the shift is removed; ``max_shift_m`` when none is found).
         max_shift_m: largest misregistration searched for.
         shift_tolerance_m: radius within which displacements vote for the same shift.
         shift: a known shift ``(dx, dy)`` of the after date in metres (east, north): skips the estimate.
@@ -98,7 +108,9 @@ class ChangeConfig:
     """
 
     high: float = 0.4
+    mid: float = 0.3
     low: float = 0.1
+    clear_m: float = 3.0
     max_shift_m: float = 20.0
     shift_tolerance_m: float = 1.0
     shift: tuple[float, float] | None = None
@@ -114,9 +126,11 @@ class ChangeConfig:
     groups: Mapping[str, Sequence[str]] = field(default_factory=lambda: dict(DEFAULT_GROUPS))
 
     def __post_init__(self) -> None:
-        if not 0 <= self.low <= self.high <= 1:
-            raise ValueError(f"need 0 <= low <= high <= 1, got low {self.low!r}, high {self.high!r}")
-        for name in ("max_shift_m", "shift_tolerance_m", "stay_m", "move_radius_m", "edge_m"):
+        if not 0 <= self.low <= self.mid <= self.high <= 1:
+            raise ValueError(
+                f"need 0 <= low <= mid <= high <= 1, got low {self.low!r}, mid {self.mid!r}, high {self.high!r}"
+            )
+        for name in ("max_shift_m", "shift_tolerance_m", "stay_m", "move_radius_m", "edge_m", "clear_m"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -665,6 +679,33 @@ def _covered(rings: np.ndarray, common: Any, margin: float) -> np.ndarray:
     return np.asarray(shapely.covers(common, polys), bool)
 
 
+def _clear(
+    rings: np.ndarray,
+    xy: np.ndarray,
+    group: np.ndarray,
+    other_xy: np.ndarray,
+    other_group: np.ndarray,
+    radius: float,
+) -> np.ndarray:
+    """Per object (footprint ``rings``, centre ``xy``): no centre of ``other_xy`` of the same group lies within
+    ``radius`` of its footprint (one frame, one unit)."""
+    import shapely
+
+    n = len(rings)
+    clear = np.ones(n, bool)
+    if n == 0 or len(other_xy) == 0:
+        return clear
+    half = np.linalg.norm(rings - xy[:, None, :], axis=2).max(axis=1)
+    i, j = _pairs(xy, other_xy, float(half.max()) + radius)
+    same = group[i] == other_group[j]
+    i, j = i[same], j[same]
+    if len(i) == 0:
+        return clear
+    d = shapely.distance(shapely.polygons(rings[i]), shapely.points(other_xy[j]))
+    clear[i[d <= radius]] = False
+    return clear
+
+
 def compare(
     before: Detections,
     after: Detections,
@@ -798,6 +839,7 @@ def compare(
     nb, na = len(before), len(after)
     lo_b, lo_a = before.scores >= cfg.low, after.scores >= cfg.low
     hi_b, hi_a = before.scores >= cfg.high, after.scores >= cfg.high
+    mid_b, mid_a = before.scores >= cfg.mid, after.scores >= cfg.mid
     longest = np.nanmax(np.concatenate([b.length, a.length, [0.0]]))
     reach = max(cfg.stay_m, cfg.stay_fraction * longest, cfg.move_radius_m)
     pi, pj = _pairs(b.xy, a_xy, reach / unit)
@@ -851,6 +893,21 @@ def compare(
             matched_b[i] = matched_a[j] = True
     pair_dist = dict(zip(zip(pi.tolist(), pj.tolist(), strict=True), dist.tolist(), strict=True))
 
+    # -- stage 3: mid-score leftovers are changes only where the other date has nothing at all (>= low)
+    # within the footprint plus what is left of the misregistration
+    radius = (cfg.max_shift_m if method == "none" else cfg.clear_m) / unit
+    cand_b = ~matched_b & ~absorbed_b & mid_b & ~hi_b & cov_b  # outside the common area: high only
+    cand_a = ~matched_a & ~absorbed_a & mid_a & ~hi_a & cov_a
+    sure_b, sure_a = hi_b.copy(), hi_a.copy()
+    if cand_b.any():
+        sure_b[cand_b] = _clear(
+            b.rings[cand_b], b.xy[cand_b], b.group[cand_b], a_xy[lo_a], a.group[lo_a], radius
+        )
+    if cand_a.any():
+        sure_a[cand_a] = _clear(
+            a_rings[cand_a], a_xy[cand_a], a.group[cand_a], b.xy[lo_b], b.group[lo_b], radius
+        )
+
     # -- records
     rows: list[tuple[str, int, int]] = [("stayed", i, j) for i, j, _ in stayed]
     rows += [("moved", i, j) for i, j, _ in moved]
@@ -858,14 +915,14 @@ def compare(
     for i in range(nb):
         if matched_b[i]:
             continue
-        if not hi_b[i] or absorbed_b[i]:
+        if not sure_b[i] or absorbed_b[i]:
             dropped_b += 1
         else:
             rows.append(("departed" if cov_b[i] else "not-covered", i, -1))
     for j in range(na):
         if matched_a[j]:
             continue
-        if not hi_a[j] or absorbed_a[j]:
+        if not sure_a[j] or absorbed_a[j]:
             dropped_a += 1
         else:
             rows.append(("arrived" if cov_a[j] else "not-covered", -1, j))
@@ -892,8 +949,15 @@ def compare(
         "phase_strength": None if math.isnan(strength) else round(strength, 1),
         "shift_m": [round(float(v), 3) for v in shift_m],
         "high": cfg.high,
+        "mid": cfg.mid,
         "low": cfg.low,
+        "clear_m": cfg.clear_m,
+        "clear_radius_m": round(float(radius * unit), 3),
         "dropped": {"before": dropped_b, "after": dropped_a},
+        "mid_changes": {
+            "before": int((sure_b & ~hi_b & ~matched_b & ~absorbed_b).sum()),
+            "after": int((sure_a & ~hi_a & ~matched_a & ~absorbed_a).sum()),
+        },
         "dropped_on_another": {"before": int(absorbed_b.sum()), "after": int(absorbed_a.sum())},
         "duplicates": {"before": int((~keep_b).sum()), "after": int((~keep_a).sum())},
         "common_area_m2": float(common.area * unit * unit),

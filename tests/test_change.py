@@ -143,12 +143,12 @@ def test_departed_and_arrived_with_hysteresis() -> None:
     # 0: high before, low-but-present after (flicker) -> stayed
     # 1: high before, nothing after -> departed
     # 2: high before, only a 0.05 detection after (below low) -> departed
-    # 3: mid-score before (0.3 < high), nothing after -> not an object, no record
+    # 3: below mid before (0.2 < mid < high), nothing after -> not an object, no record
     before = dets_at(
-        ground[[0, 1, 2, 3, *range(4, 12)]], lengths[:12], classes[:12], [0.8, 0.8, 0.8, 0.3] + [0.8] * 8
+        ground[[0, 1, 2, 3, *range(4, 12)]], lengths[:12], classes[:12], [0.8, 0.8, 0.8, 0.2] + [0.8] * 8
     )
     after_ground = np.concatenate([ground[[0, 2]], ground[4:], [[X0 + 600, Y0 - 300], [X0 + 700, Y0 - 300]]])
-    after_scores = [0.15, 0.05] + [0.8] * 8 + [0.9, 0.3]  # arrival at 0.9; a 0.3 flicker is not an arrival
+    after_scores = [0.15, 0.05] + [0.8] * 8 + [0.9, 0.2]  # arrival at 0.9; a 0.2 blip is not an arrival
     after = dets_at(
         after_ground, np.full(len(after_ground), 4.5), ["small-vehicle"] * len(after_ground), after_scores
     )
@@ -163,12 +163,112 @@ def test_departed_and_arrived_with_hysteresis() -> None:
     assert (400, 100) not in got
     assert got[(600, 300)] == "arrived"
     assert (700, 300) not in got
-    assert changes.meta["dropped"] == {"before": 1, "after": 2}  # 0.3 before; 0.05 and 0.3 after
+    assert changes.meta["dropped"] == {"before": 1, "after": 2}  # 0.2 before; 0.05 and 0.2 after
     stayed = changes[changes.status == "stayed"]
     flicker = stayed[np.isclose(stayed.columns["x"], X0 + 100) & np.isclose(stayed.columns["y"], Y0 - 100)]
     assert flicker.columns["score_before"][0] == pytest.approx(0.8)
     assert flicker.columns["score_after"][0] == pytest.approx(0.15)
     assert flicker.columns["id_before"][0] == 0 and flicker.columns["id_after"][0] == 0
+
+
+def _mid_scene(shift: tuple[float, float] = (6.0, -4.0)) -> tuple:
+    """A 5 x 4 grid of confident cars seen on both dates (they fix the shift), and one probe per row below.
+
+    Probes (small vehicles at y = 300 m, 40 m apart) and what the after date has at each:
+    0: 0.33 before, nothing after                        -> departed (mid score, other date clear)
+    1: 0.33 before, 0.15 after at the same place         -> a flicker: no record
+    2: 0.33 before, 0.12 after 1 m beside its footprint  -> not clear: no record
+    3: 0.33 before, a helicopter at 0.5 on its place     -> departed (not a compatible class)
+    4: 0.2 before (below mid), nothing after            -> no record
+    5: nothing before, 0.33 after                        -> arrived
+    6: 0.12 before, 0.33 after at the same place         -> no record
+    7: 0.33 before, a parked car 6 m away on both dates  -> departed (the neighbour is outside --clear)
+    """
+    grid = np.array([[X0 + 100 + 20 * i, Y0 - 100 - 20 * j] for i in range(5) for j in range(4)], float)
+    probe = np.array([[X0 + 100 + 40 * k, Y0 - 300] for k in range(8)], float)
+    neighbour = probe[7] + [6.0, 0.0]
+    b_xy = np.concatenate([grid, probe[[0, 1, 2, 3, 4, 6, 7]], [neighbour]])
+    b_cls = ["small-vehicle"] * len(b_xy)
+    b_scores = [0.8] * 20 + [0.33, 0.33, 0.33, 0.33, 0.2, 0.12, 0.33, 0.8]
+    a_xy = np.concatenate([grid, probe[[1]], probe[[2]] + [0.0, 2.0], probe[[3, 5, 6]], [neighbour]])
+    a_cls = ["small-vehicle"] * 22 + ["helicopter"] + ["small-vehicle"] * 3
+    a_scores = [0.8] * 20 + [0.15, 0.12, 0.5, 0.33, 0.33, 0.8]
+    before = dets_at(b_xy, np.full(len(b_xy), 4.5), b_cls, b_scores)
+    after = dets_at(a_xy, np.full(len(a_xy), 4.5), a_cls, a_scores, shift=shift)
+    return before, after, probe
+
+
+def _status_at(changes: ch.Changes, xy: np.ndarray) -> str | None:
+    d = np.hypot(changes.columns["x"] - xy[0], changes.columns["y"] - xy[1])
+    hit = np.nonzero(d < 1.0)[0]
+    return None if len(hit) == 0 else str(changes.status[hit[0]])
+
+
+def test_mid_score_changes_need_a_clear_other_date() -> None:
+    before, after, probe = _mid_scene()
+    changes = ch.compare(before, after)
+    assert np.hypot(*(np.array(changes.shift_m) - (6.0, -4.0))) < 0.3
+    got = [_status_at(changes, p) for p in probe]
+    assert got == ["departed", None, None, "departed", None, "arrived", None, "departed"]
+    assert changes.meta["mid_changes"] == {"before": 3, "after": 1}
+    assert (changes.meta["high"], changes.meta["mid"], changes.meta["low"]) == (0.4, 0.3, 0.1)
+    assert changes.meta["clear_radius_m"] == pytest.approx(3.0)
+    assert statuses(changes)["stayed"] == 21  # the grid and the neighbour
+    # mid = high switches the rule off: only the confident helicopter arrives (it has nothing before)
+    off = ch.compare(before, after, config=ch.ChangeConfig(mid=0.4))
+    assert [_status_at(off, p) for p in probe] == [None, None, None, "arrived", None, None, None, None]
+    assert off.meta["mid_changes"] == {"before": 0, "after": 0}
+
+
+def test_mid_score_flicker_is_no_change_under_misregistration() -> None:
+    rng = np.random.default_rng(7)
+    ground, lengths, classes = random_objects(50, rng)
+    before = dets_at(ground, lengths, classes, rng.uniform(0.25, 0.4, 50))
+    flicker = rng.uniform(0.1, 0.4, 50)  # every object, both dates, between low and high
+    after = dets_at(ground + rng.normal(0, 0.3, ground.shape), lengths, classes, flicker, shift=(-9.0, 5.0))
+    conf = np.concatenate([before.scores, after.scores])
+    assert conf.min() >= 0.1 and conf.max() < 0.4
+    changes = ch.compare(before, after, config=ch.ChangeConfig(shift=(-9.0, 5.0)))
+    assert not np.isin(changes.status, ["departed", "arrived", "moved"]).any()
+
+
+def test_mid_score_needs_the_whole_bound_when_no_shift_is_found() -> None:
+    # two objects only: no shift can be estimated, so the after date must be clear within max_shift_m
+    before = dets_at(
+        np.array([[X0 + 300, Y0 - 300], [X0 + 600, Y0 - 600]]),
+        [4.5, 4.5],
+        ["small-vehicle"] * 2,
+        [0.33, 0.33],
+    )
+    after = dets_at(np.array([[X0 + 308, Y0 - 300]]), [4.5], ["small-vehicle"], [0.12])
+    changes = ch.compare(before, after)
+    assert changes.meta["shift_method"] == "none"
+    assert changes.meta["clear_radius_m"] == pytest.approx(20.0)
+    assert _status_at(changes, np.array([X0 + 300, Y0 - 300])) is None  # 8 m off might be misregistration
+    assert _status_at(changes, np.array([X0 + 600, Y0 - 600])) == "departed"
+    known = ch.compare(before, after, config=ch.ChangeConfig(shift=(0.0, 0.0)))
+    assert _status_at(known, np.array([X0 + 300, Y0 - 300])) == "departed"
+
+
+def test_thresholds_are_validated() -> None:
+    for kw in ({"mid": 0.5}, {"mid": 0.05}, {"low": 0.3, "mid": 0.2}):
+        with pytest.raises(ValueError, match="low <= mid <= high"):
+            ch.ChangeConfig(**kw)
+    with pytest.raises(ValueError, match="clear_m"):
+        ch.ChangeConfig(clear_m=-1)
+
+
+def test_cli_threshold_defaults_are_the_config_defaults() -> None:
+    from detector.cli.change import change
+
+    defaults = {p.name: p.default for p in change.params}
+    cfg = ch.ChangeConfig()
+    assert (defaults["high"], defaults["mid"], defaults["low"], defaults["clear_m"]) == (
+        cfg.high,
+        cfg.mid,
+        cfg.low,
+        cfg.clear_m,
+    )
 
 
 def test_class_compatibility() -> None:
@@ -652,8 +752,17 @@ def test_cli_on_scenes(tmp_path: Path, fake_model: dict) -> None:
     total = js["summary"][-1]
     assert (total["departed"], total["arrived"], total["stayed"]) == (1, 1, 6)
     assert js["shift_m"]["east"] == pytest.approx(4.0, abs=0.5)
+    assert (js["high"], js["mid"], js["low"], js["clear_m"]) == (0.4, 0.3, 0.1, 3.0)  # thresholds recorded
     assert js["shift_m"]["north"] == pytest.approx(-2.5, abs=0.5)
     assert "departed" in r.output and "shift" in r.output
+
+
+def test_cli_mid_outside_the_thresholds(tmp_path: Path, fake_model: dict) -> None:
+    a, b = _scene_pair(tmp_path, (0.0, 0.0))
+    r = _run("change", a, b, "-o", tmp_path / "out", "--mid", "0.5")
+    assert r.exit_code == 2
+    assert "--mid 0.5 must lie between --low 0.1 and --high 0.4" in r.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_on_earlier_outputs_and_more_dates(tmp_path: Path) -> None:

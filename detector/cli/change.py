@@ -65,6 +65,23 @@ def _parse_shift(ctx: click.Context, param: click.Parameter, value: str | None) 
     help="Score an object needs to count as departed, arrived or moved.",
 )
 @click.option(
+    "--mid",
+    type=click.FloatRange(0, 1),
+    default=0.3,
+    show_default=True,
+    help="Score at which an unmatched object still counts as departed or arrived when the other date has "
+    "nothing compatible at --low or more within --clear metres of it (--mid = --high: off).",
+)
+@click.option(
+    "--clear",
+    "clear_m",
+    type=click.FloatRange(min=0),
+    default=3.0,
+    show_default=True,
+    help="For --mid: metres around the object's footprint that must be clear on the other date (the "
+    "residual misregistration; --max-shift when no shift is found).",
+)
+@click.option(
     "--low",
     type=click.FloatRange(0, 1),
     default=0.1,
@@ -119,6 +136,8 @@ def change(
     tile: int | None,
     overlap: float | None,
     high: float,
+    mid: float,
+    clear_m: float,
     low: float,
     max_shift: float,
     shift: tuple[float, float] | None,
@@ -144,9 +163,15 @@ def change(
         raise click.UsageError("give at least two dates: BEFORE AFTER [MORE...]")
     if low > high:
         raise click.BadParameter(f"--low {low} is above --high {high}", ctx, param_hint="--low")
+    if not low <= mid <= high:
+        raise click.BadParameter(
+            f"--mid {mid} must lie between --low {low} and --high {high}", ctx, param_hint="--mid"
+        )
     config = ch.ChangeConfig(
         high=high,
+        mid=mid,
         low=low,
+        clear_m=clear_m,
         max_shift_m=max_shift,
         shift=shift,
         move_radius_m=move_radius,
