@@ -6,7 +6,9 @@ Data contract (read this once, it holds everywhere in the package):
   ``(0, 0)`` is the top-left corner of the top-left pixel, ``y`` grows downwards. Backends return
   detections in *tile* pixels; the pipeline shifts and scales them into scene pixels before merging.
 * ``xyxy`` is always present: the axis-aligned box ``(x_min, y_min, x_max, y_max)``, float64. For a rotated
-  detection it is the box enclosing the rotated rectangle.
+  detection out of a backend it is the box enclosing the rotated rectangle; :class:`~detector.pipeline.Detector`
+  then makes it the object's own box (:func:`detector.geometry.object_boxes`: the box of the cross of fuselage
+  and wings for aircraft, of the rotor disc for helicopters, the enclosing box for vehicles).
 * ``xywhr`` is present for models of the OBB task, else ``None``: ``(cx, cy, w, h, r)``, float64, with ``r``
   in radians, Ultralytics' convention (a positive angle turns the ``w`` side clockwise on screen, because
   ``y`` grows downwards). Corners come from :func:`detector.geometry.corners`.

@@ -31,8 +31,10 @@ The metric, in COCO's words (``pycocotools.cocoeval``, ``iouType="bbox"``), with
   A detection is counted in a bucket when it matches a ground truth of that bucket (TP); an unmatched
   detection counts as a false positive only in the bucket of its *own* box area, and is ignored in the others
   (exactly COCO's ``aRng`` + ``gtIgnore`` / ``dtIgnore`` scheme). The matching is re-run per bucket.
-* **Box convention** (``iou_type``): ``"aabb"`` (default) compares axis-aligned boxes: a ground-truth polygon
-  by its enclosing box, a prediction by its ``xyxy`` (the box enclosing a rotated prediction). This is the
+* **Box convention** (``iou_type``): ``"aabb"`` (default) compares the objects' own axis-aligned boxes: a
+  ground truth by the box of its outline (the annotator's polygon where there is one, e.g. iSAID; not the box
+  enclosing its minimum-area rectangle, which is up to 2x too large for a diagonal aircraft), a prediction by
+  its ``xyxy`` (for a rotated prediction the object's box inside the rectangle, :func:`detector.geometry.object_boxes`). This is the
   common ground for detect and OBB models, and most of our eval labels are axis-aligned anyway. ``"rotated"``
   compares exact polygon footprints (:func:`detector.geometry.polygon_overlaps`) for every pair where both the
   ground truth and the prediction are rotated, and enclosing boxes for the other pairs. Areas follow the same
@@ -314,6 +316,7 @@ class _Truth:
     """Ground truth of one image and class, as arrays."""
 
     corners: np.ndarray  # (G, 4, 2)
+    xyxy: np.ndarray  # (G, 4): the object's own box (of its outline where the label is a polygon)
     rotated: np.ndarray  # (G,) bool
     region: np.ndarray  # (G,) bool: difficult / crowd (ignored, absorbs any number of detections)
 
@@ -321,9 +324,10 @@ class _Truth:
 def _truth_of(image: LabeledImage, cls: str) -> _Truth:
     anns = [a for a in image.annotations if a.cls == cls]
     if not anns:
-        return _Truth(np.zeros((0, 4, 2)), np.zeros(0, bool), np.zeros(0, bool))
+        return _Truth(np.zeros((0, 4, 2)), np.zeros((0, 4)), np.zeros(0, bool), np.zeros(0, bool))
     return _Truth(
         corners=np.stack([np.asarray(a.polygon, dtype=np.float64) for a in anns]),
+        xyxy=np.stack([a.xyxy for a in anns]),
         rotated=np.array([bool(a.rotated) for a in anns]),
         region=np.array([bool(a.difficult) or bool(a.attrs.get("iscrowd", False)) for a in anns]),
     )
@@ -331,7 +335,7 @@ def _truth_of(image: LabeledImage, cls: str) -> _Truth:
 
 def _pairwise(dets: Detections, truth: _Truth, iou_type: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(iou (D, G), det_area (D,), gt_area (G,))`` under the box convention ``iou_type``."""
-    gt_xyxy = corners_to_xyxy(truth.corners)
+    gt_xyxy = truth.xyxy
     iou = box_iou_xyxy(dets.xyxy, gt_xyxy)
     dt_area, gt_area = _box_area(dets.xyxy), _box_area(gt_xyxy)
     if iou_type == "rotated":

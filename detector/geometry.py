@@ -23,6 +23,53 @@ def xywhr_to_corners(xywhr: np.ndarray) -> np.ndarray:
     return ctr + signs1 * vec1 + signs2 * vec2
 
 
+#: Classes whose pixels inside a rotated rectangle form a cross (fuselage and wings): their axis-aligned box is
+#: the cross's box, not the rectangle's (a rectangle's corners are empty for an aircraft).
+CROSS_CLASSES = frozenset({"aircraft", "transport-aircraft", "small-aircraft"})
+#: Classes whose rotated rectangle is drawn around a disc (a helicopter's rotor, DOTA's convention).
+DISC_CLASSES = frozenset({"helicopter"})
+
+
+def object_boxes(xywhr: np.ndarray, shapes: np.ndarray) -> np.ndarray:
+    """Axis-aligned boxes ``(N, 4)`` of the objects inside rotated rectangles ``(N, 5)``.
+
+    ``shapes`` ``(N,)`` says what fills each rectangle: ``"rect"`` (a vehicle: the rectangle's enclosing box),
+    ``"cross"`` (an aircraft: the box of the rectangle's two centre lines, fuselage and wings) or ``"disc"``
+    (a rotor disc: a square of the rectangle's longer side, whatever the angle). At angle 0 all three are the
+    rectangle itself; at 45 degrees a cross's box has a quarter of the area of the rectangle's enclosing box.
+    """
+    xywhr = np.asarray(xywhr, dtype=np.float64).reshape(-1, 5)
+    shapes = np.asarray(shapes).reshape(-1)
+    cx, cy, w, h, r = xywhr.T
+    c, s = np.abs(np.cos(r)), np.abs(np.sin(r))
+    ex, ey = w * c + h * s, w * s + h * c
+    cross = shapes == "cross"
+    ex = np.where(cross, np.maximum(w * c, h * s), ex)
+    ey = np.where(cross, np.maximum(w * s, h * c), ey)
+    disc = shapes == "disc"
+    side = np.maximum(w, h)
+    ex = np.where(disc, side, ex)
+    ey = np.where(disc, side, ey)
+    return np.stack([cx - ex / 2, cy - ey / 2, cx + ex / 2, cy + ey / 2], axis=1)
+
+
+def class_shapes(names: np.ndarray | list[str]) -> np.ndarray:
+    """The :func:`object_boxes` shape of each class name."""
+    return np.array(
+        ["cross" if n in CROSS_CLASSES else "disc" if n in DISC_CLASSES else "rect" for n in names], dtype=object
+    )
+
+
+def with_object_boxes(dets: Detections) -> Detections:
+    """``dets`` with ``xyxy`` the objects' own boxes (:func:`object_boxes`) where they are rotated."""
+    from dataclasses import replace
+
+    if dets.xywhr is None or not len(dets):
+        return dets
+    names = np.asarray(dets.class_names, dtype=object)[dets.class_ids]
+    return replace(dets, xyxy=object_boxes(dets.xywhr, class_shapes(names)))
+
+
 def xyxy_to_corners(xyxy: np.ndarray) -> np.ndarray:
     """Axis-aligned boxes ``(N, 4)`` -> corner points ``(N, 4, 2)``, clockwise on screen from top-left."""
     b = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)

@@ -40,7 +40,7 @@ from rasterio.windows import Window
 from detector.backends.base import ModelMeta, Predictor
 from detector.detections import Detections
 from detector.errors import DetectorError, RasterError
-from detector.geometry import corners
+from detector.geometry import corners, with_object_boxes
 from detector.merge import merge_cross_class, merge_detections
 from detector.model import min_tile
 from detector.raster import Scene, SceneSource, open_scene
@@ -119,6 +119,9 @@ class Detector:
         sizes: after merging, add ``length_m`` / ``span_m`` and split aircraft into ``transport-aircraft`` and
             ``small-aircraft`` by size (:mod:`detector.sizes`): ``True`` with the shipped rules
             (``configs/aircraft-sizes.yaml``), a :class:`~detector.sizes.SizeRules`, or ``False`` (off).
+        object_boxes: for rotated detections, ``xyxy`` is the object's own axis-aligned box
+            (:func:`detector.geometry.object_boxes`: a cross for aircraft, a disc for helicopters, the
+            rectangle for vehicles) instead of the rectangle's enclosing box; the footprint stays rotated.
     """
 
     def __init__(
@@ -131,6 +134,7 @@ class Detector:
         cross_class_iou: float | None = 0.8,
         resolution_factor: float | None = RESOLUTION_FACTOR,
         sizes: SizeRules | bool = True,
+        object_boxes: bool = True,
     ) -> None:
         if cross_class_iou is not None and not 0 <= cross_class_iou <= 1:
             raise ValueError(f"cross_class_iou must be in [0, 1] (0 or None: off), got {cross_class_iou!r}")
@@ -145,6 +149,7 @@ class Detector:
         self.cross_class_iou = cross_class_iou
         self.resolution_factor = resolution_factor
         self.sizes = load_size_rules() if sizes is True else (sizes or None)
+        self.object_boxes = object_boxes
 
     @classmethod
     def load(
@@ -428,6 +433,8 @@ class Detector:
         )
         if self.cross_class_iou:
             merged = merge_cross_class(merged, iou=self.cross_class_iou)
+        if self.object_boxes:  # rotated aircraft / helicopters: xyxy is the cross's / disc's box, not the corners'
+            merged = with_object_boxes(merged)
         if self.sizes is not None:  # length_m / span_m; aircraft -> transport- / small-aircraft
             merged = apply_sizes(replace(merged, gsd=first.gsd, source=first.source), self.sizes)
         if wanted is not None:

@@ -158,3 +158,38 @@ def test_helicopter_box_rotor_disc_turns_fuselage_labels_into_discs(tmp_path: Pa
 
     with pytest.raises(LabelError, match="helicopter_box"):
         read_dataset({**spec, "helicopter_box": "fuselage"}, root=tmp_path, taxonomy=None)
+
+
+def test_object_boxes_per_shape():
+    from detector.geometry import class_shapes, object_boxes, with_object_boxes
+
+    r = np.array([[0.0, 0.0, 40.0, 20.0, np.pi / 4]] * 3)
+    rect, cross, disc = object_boxes(r, np.array(["rect", "cross", "disc"]))
+    k = np.sqrt(0.5)
+    np.testing.assert_allclose(rect, [-60 * k / 2, -60 * k / 2, 60 * k / 2, 60 * k / 2])
+    np.testing.assert_allclose(cross, [-40 * k / 2, -40 * k / 2, 40 * k / 2, 40 * k / 2])
+    np.testing.assert_allclose(disc, [-20, -20, 20, 20])
+    assert class_shapes(["aircraft", "transport-aircraft", "helicopter", "small-vehicle"]).tolist() == [
+        "cross", "cross", "disc", "rect"
+    ]
+    dets = Detections(
+        xyxy=np.zeros((2, 4)), scores=[0.9, 0.8], class_ids=[0, 2], class_names=NAMES, xywhr=r[:2]
+    )
+    out = with_object_boxes(dets)
+    np.testing.assert_allclose(out.xyxy, [cross, rect])
+    np.testing.assert_allclose(out.xywhr, dets.xywhr)  # the footprint stays rotated
+
+
+def test_ground_truth_boxes_follow_the_outline_in_eval(tmp_path: Path):
+    """aabb eval compares the object's own box: a polygon label's outline box, not its rectangle's."""
+    from detector.evaluate import _truth_of
+
+    path = tmp_path / "x.png"
+    diamond = np.array([[50, 10], [90, 50], [50, 90], [10, 50]], float)  # a 45-degree cross-like outline
+    outline = np.array([[50, 20], [55, 45], [80, 50], [55, 55], [50, 80], [45, 55], [20, 50], [45, 45]], float)
+    ann = Annotation(path, "aircraft", "plane", diamond, rotated=True, attrs={"outline": outline})
+    truth = _truth_of(LabeledImage(path, 100, 100, None, [ann], group="g"), "aircraft")
+    np.testing.assert_allclose(truth.xyxy, [[20, 20, 80, 80]])  # not the rectangle's [10, 10, 90, 90]
+    ann2 = Annotation(path, "aircraft", "plane", box_polygon(20, 20, 40, 30))
+    truth2 = _truth_of(LabeledImage(path, 100, 100, None, [ann2], group="g"), "aircraft")
+    np.testing.assert_allclose(truth2.xyxy, [[20, 20, 40, 30]])

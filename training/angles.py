@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from detector.geometry import xywhr_to_corners
+from detector.geometry import object_boxes, xywhr_to_corners
 from detector.labels.types import Annotation, LabeledImage, box_polygon, min_area_rect
 
 logger = logging.getLogger(__name__)
@@ -59,15 +59,9 @@ class AngleStats:
 
 def silhouette_boxes(xywhr: np.ndarray, cross: np.ndarray) -> np.ndarray:
     """Axis-aligned boxes ``(N, 4)`` of objects inside rotated rectangles ``(N, 5)``: the rectangle's enclosing
-    box, or (``cross`` true) the box of the cross of its two centre lines (an aircraft's fuselage and wings)."""
-    xywhr = np.asarray(xywhr, dtype=np.float64).reshape(-1, 5)
-    cx, cy, w, h, r = xywhr.T
-    c, s = np.abs(np.cos(r)), np.abs(np.sin(r))
-    ex_rect, ey_rect = w * c + h * s, w * s + h * c
-    ex_cross, ey_cross = np.maximum(w * c, h * s), np.maximum(w * s, h * c)
-    ex = np.where(cross, ex_cross, ex_rect)
-    ey = np.where(cross, ey_cross, ey_rect)
-    return np.stack([cx - ex / 2, cy - ey / 2, cx + ex / 2, cy + ey / 2], axis=1)
+    box, or (``cross`` true) the box of the cross of its two centre lines (an aircraft's fuselage and wings);
+    :func:`detector.geometry.object_boxes`, the rule the pipeline applies to its own rotated detections."""
+    return object_boxes(xywhr, np.where(np.asarray(cross, dtype=bool).reshape(-1), "cross", "rect"))
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
