@@ -71,7 +71,7 @@ import numpy as np
 
 from detector.detections import Detections
 from detector.errors import ConfigError
-from detector.geometry import box_iou_xyxy, corners_to_xyxy, polygon_overlaps, xywhr_to_corners
+from detector.geometry import box_iou_xyxy, polygon_overlaps, xywhr_to_corners
 from detector.resources import config_path
 from detector.taxonomy import IGNORE
 

@@ -56,7 +56,8 @@ def object_boxes(xywhr: np.ndarray, shapes: np.ndarray) -> np.ndarray:
 def class_shapes(names: np.ndarray | list[str]) -> np.ndarray:
     """The :func:`object_boxes` shape of each class name."""
     return np.array(
-        ["cross" if n in CROSS_CLASSES else "disc" if n in DISC_CLASSES else "rect" for n in names], dtype=object
+        ["cross" if n in CROSS_CLASSES else "disc" if n in DISC_CLASSES else "rect" for n in names],
+        dtype=object,
     )
 
 

@@ -433,7 +433,9 @@ class Detector:
         )
         if self.cross_class_iou:
             merged = merge_cross_class(merged, iou=self.cross_class_iou)
-        if self.object_boxes:  # rotated aircraft / helicopters: xyxy is the cross's / disc's box, not the corners'
+        if (
+            self.object_boxes
+        ):  # rotated aircraft / helicopters: xyxy is the cross's / disc's box, not the corners'
             merged = with_object_boxes(merged)
         if self.sizes is not None:  # length_m / span_m; aircraft -> transport- / small-aircraft
             merged = apply_sizes(replace(merged, gsd=first.gsd, source=first.source), self.sizes)

@@ -27,7 +27,9 @@ def test_silhouette_of_a_cross_is_tighter_than_the_rectangle_at_45_degrees():
     assert cross[2] - cross[0] == pytest.approx(40 / np.sqrt(2))
     # at angle 0 both are the rectangle itself
     r0 = np.array([[0.0, 0.0, 30.0, 10.0, 0.0]])
-    np.testing.assert_allclose(silhouette_boxes(r0, np.array([True])), silhouette_boxes(r0, np.array([False])))
+    np.testing.assert_allclose(
+        silhouette_boxes(r0, np.array([True])), silhouette_boxes(r0, np.array([False]))
+    )
 
 
 def test_assign_takes_the_model_angle_and_the_label_size():
@@ -51,7 +53,9 @@ def test_assign_leaves_unmatched_and_incompatible_labels_unresolved():
     far = truth + [[80.0, 0, 0, 0, 0]]
     _, ok = assign_angles(box, ["small-vehicle"], far, ["small-vehicle"])
     assert not ok.any()
-    _, ok = assign_angles(box, ["small-vehicle"], truth, ["aircraft"])  # a vehicle never takes an aircraft's angle
+    _, ok = assign_angles(
+        box, ["small-vehicle"], truth, ["aircraft"]
+    )  # a vehicle never takes an aircraft's angle
     assert not ok.any()
     _, ok = assign_angles(box, ["large-vehicle"], truth, ["small-vehicle"])  # vehicle classes are one group
     assert ok.all()
@@ -117,7 +121,9 @@ def test_unresolved_objects_are_painted_gray_in_the_chips(tmp_path: Path):
 
     path = tmp_path / "scene.png"
     Image.fromarray(np.full((100, 100, 3), 200, np.uint8)).save(path)
-    kept = Annotation(path, "aircraft", "0", np.array([[10, 10], [40, 15], [37, 33], [7, 28]], float), rotated=True)
+    kept = Annotation(
+        path, "aircraft", "0", np.array([[10, 10], [40, 15], [37, 33], [7, 28]], float), rotated=True
+    )
     lost = Annotation(path, "aircraft", "0", box_polygon(60, 60, 80, 90), attrs={UNRESOLVED: True})
     img = LabeledImage(path, 100, 100, None, [kept, lost], group="g")
     src = SourceConfig(name="s", dataset={})
@@ -146,7 +152,13 @@ def test_helicopter_box_rotor_disc_turns_fuselage_labels_into_discs(tmp_path: Pa
     (tmp_path / "labels" / "t.txt").write_text(
         "0 0.30 0.45 0.70 0.45 0.70 0.55 0.30 0.55\n1 0.10 0.10 0.30 0.10 0.30 0.20 0.10 0.20\n"
     )
-    spec = {"format": "yolo_seg", "name": "t", "path": "images", "labels": "labels", "names": ["helicopter", "car"]}
+    spec = {
+        "format": "yolo_seg",
+        "name": "t",
+        "path": "images",
+        "labels": "labels",
+        "names": ["helicopter", "car"],
+    }
     plain = read_dataset(spec, root=tmp_path, taxonomy=None)[0].annotations
     disc = read_dataset({**spec, "helicopter_box": "rotor_disc"}, root=tmp_path, taxonomy=None)[0].annotations
     np.testing.assert_allclose(disc[1].polygon, plain[1].polygon)  # other classes untouched
@@ -170,7 +182,10 @@ def test_object_boxes_per_shape():
     np.testing.assert_allclose(cross, [-40 * k / 2, -40 * k / 2, 40 * k / 2, 40 * k / 2])
     np.testing.assert_allclose(disc, [-20, -20, 20, 20])
     assert class_shapes(["aircraft", "transport-aircraft", "helicopter", "small-vehicle"]).tolist() == [
-        "cross", "cross", "disc", "rect"
+        "cross",
+        "cross",
+        "disc",
+        "rect",
     ]
     dets = Detections(
         xyxy=np.zeros((2, 4)), scores=[0.9, 0.8], class_ids=[0, 2], class_names=NAMES, xywhr=r[:2]
@@ -186,7 +201,9 @@ def test_ground_truth_boxes_follow_the_outline_in_eval(tmp_path: Path):
 
     path = tmp_path / "x.png"
     diamond = np.array([[50, 10], [90, 50], [50, 90], [10, 50]], float)  # a 45-degree cross-like outline
-    outline = np.array([[50, 20], [55, 45], [80, 50], [55, 55], [50, 80], [45, 55], [20, 50], [45, 45]], float)
+    outline = np.array(
+        [[50, 20], [55, 45], [80, 50], [55, 55], [50, 80], [45, 55], [20, 50], [45, 45]], float
+    )
     ann = Annotation(path, "aircraft", "plane", diamond, rotated=True, attrs={"outline": outline})
     truth = _truth_of(LabeledImage(path, 100, 100, None, [ann], group="g"), "aircraft")
     np.testing.assert_allclose(truth.xyxy, [[20, 20, 80, 80]])  # not the rectangle's [10, 10, 90, 90]

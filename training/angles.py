@@ -32,15 +32,20 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from detector.geometry import object_boxes, xywhr_to_corners
-from detector.labels.types import Annotation, LabeledImage, box_polygon, min_area_rect
+from detector import geometry
+from detector.geometry import box_iou_xyxy, object_boxes, polygon_overlaps, xywhr_to_corners
+from detector.labels.types import LabeledImage, box_polygon, min_area_rect
 
 logger = logging.getLogger(__name__)
 
-#: classes drawn as a cross (fuselage and wings, or rotor blades) inside their rotated rectangle
-CROSS_CLASSES = frozenset({"aircraft", "helicopter", "transport-aircraft", "small-aircraft"})
+#: classes drawn as a cross inside their rotated rectangle: the aircraft of :mod:`detector.geometry`, and
+#: helicopters (fuselage and blades) when matching a label
+CROSS_CLASSES = geometry.CROSS_CLASSES | geometry.DISC_CLASSES
 #: class groups a label may take its angle from
-GROUPS = ({"aircraft", "helicopter", "transport-aircraft", "small-aircraft"}, {"small-vehicle", "large-vehicle"})
+GROUPS = (
+    {"aircraft", "helicopter", "transport-aircraft", "small-aircraft"},
+    {"small-vehicle", "large-vehicle"},
+)
 UNRESOLVED = "unresolved"  # Annotation.attrs key: True when no angle could be derived (an ignore region)
 
 
@@ -54,7 +59,12 @@ class AngleStats:
 
     def to_dict(self) -> dict[str, Any]:
         share = self.derived / self.objects if self.objects else 0.0
-        return {"objects": self.objects, "derived": self.derived, "unresolved": self.unresolved, "share": share}
+        return {
+            "objects": self.objects,
+            "derived": self.derived,
+            "unresolved": self.unresolved,
+            "share": share,
+        }
 
 
 def silhouette_boxes(xywhr: np.ndarray, cross: np.ndarray) -> np.ndarray:
@@ -62,15 +72,6 @@ def silhouette_boxes(xywhr: np.ndarray, cross: np.ndarray) -> np.ndarray:
     box, or (``cross`` true) the box of the cross of its two centre lines (an aircraft's fuselage and wings);
     :func:`detector.geometry.object_boxes`, the rule the pipeline applies to its own rotated detections."""
     return object_boxes(xywhr, np.where(np.asarray(cross, dtype=bool).reshape(-1), "cross", "rect"))
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(axis=2)
-    area_a = (a[:, 2:] - a[:, :2]).prod(axis=1)
-    area_b = (b[:, 2:] - b[:, :2]).prod(axis=1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
 def _compatible(label_cls: str, det_cls: str) -> bool:
@@ -104,7 +105,7 @@ def assign_angles(
     cross_l = np.array([c in CROSS_CLASSES for c in classes])
     cross_d = np.array([c in CROSS_CLASSES for c in det_classes])
     sil = silhouette_boxes(det_xywhr, cross_d)
-    iou = _iou(boxes, sil)
+    iou = box_iou_xyxy(boxes, sil)
     compat = np.array([[_compatible(lc, dc) for dc in det_classes] for lc in classes])
     iou = np.where(compat, iou, 0.0)
     rows, cols = linear_sum_assignment(-iou)
@@ -142,7 +143,9 @@ def derive_image(
         raise ValueError(f"angle derivation needs a rotated (OBB) model, got {detector.meta.task!r}")
     names = [dets.class_names[c] for c in dets.class_ids]
     boxes = np.array([img.annotations[i].xyxy for i in idx])
-    xywhr, ok = assign_angles(boxes, [img.annotations[i].cls for i in idx], dets.xywhr, names, min_iou=min_iou)
+    xywhr, ok = assign_angles(
+        boxes, [img.annotations[i].cls for i in idx], dets.xywhr, names, min_iou=min_iou
+    )
     anns = list(img.annotations)
     for k, i in enumerate(idx):
         a = anns[i]
@@ -163,9 +166,13 @@ def load_detector(model: str | Path, *, conf: float = 0.05, threads: int | None 
     merge (each detection's own geometry is wanted)."""
     from detector.pipeline import Detector
 
-    det = Detector.load(model, conf=conf, threads=threads, sizes=False, cross_class_iou=None, resolution_factor=None)
+    det = Detector.load(
+        model, conf=conf, threads=threads, sizes=False, cross_class_iou=None, resolution_factor=None
+    )
     if det.meta.task != "obb":
-        raise ValueError(f"{model}: angle derivation needs a rotated (OBB) model, this one is {det.meta.task!r}")
+        raise ValueError(
+            f"{model}: angle derivation needs a rotated (OBB) model, this one is {det.meta.task!r}"
+        )
     return det
 
 
@@ -192,13 +199,8 @@ def derive(
 
 
 def _rect_iou(a: np.ndarray, b: np.ndarray) -> float:
-    import shapely
-
-    pa, pb = shapely.Polygon(a), shapely.Polygon(b)
-    if not (pa.is_valid and pb.is_valid) or pa.area <= 0 or pb.area <= 0:
-        return 0.0
-    inter = pa.intersection(pb).area
-    return float(inter / (pa.area + pb.area - inter))
+    """IoU of two rectangles ``(4, 2)`` (:func:`detector.geometry.polygon_overlaps`)."""
+    return float(polygon_overlaps(a[None], b[None])[0][0, 0])
 
 
 def measure(
@@ -219,14 +221,13 @@ def measure(
         for a, d in zip(anns, derived.annotations, strict=True):
             rec = per.setdefault(a.cls, {"ok": [], "iou_derived": [], "iou_box": []})
             truth = min_area_rect(a.polygon)
-            rec["iou_box"].append(_rect_iou(truth, box_polygon(*a.xyxy)))
             ok = not d.attrs.get(UNRESOLVED, False)
+            rec["iou_box"].append(_rect_iou(truth, box_polygon(*a.xyxy)))
+            rec["iou_derived"].append(_rect_iou(truth, d.polygon) if ok else np.nan)
             rec["ok"].append(float(ok))
-            if ok:
-                rec["iou_derived"].append(_rect_iou(truth, d.polygon))
     report: dict[str, Any] = {}
     for cls, rec in sorted(per.items()):
-        pairs = [(b, d) for b, d, ok in zip(rec["iou_box"], _expand(rec), rec["ok"], strict=True) if ok]
+        pairs = [(b, d) for b, d, ok in zip(rec["iou_box"], rec["iou_derived"], rec["ok"], strict=True) if ok]
         report[cls] = {
             "objects": len(rec["ok"]),
             "derived_share": float(np.mean(rec["ok"])),
@@ -235,12 +236,6 @@ def measure(
             "median_iou_box_all": float(np.median(rec["iou_box"])),
         }
     return report
-
-
-def _expand(rec: dict[str, list[float]]) -> list[float]:
-    """``iou_derived`` aligned with ``ok`` (0.0 where unresolved)."""
-    it = iter(rec["iou_derived"])
-    return [next(it) if ok else 0.0 for ok in rec["ok"]]
 
 
 def main(argv: list[str] | None = None) -> int:

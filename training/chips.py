@@ -680,7 +680,8 @@ def _render(
             tile = np.zeros((size, size, 3), dtype=np.uint8)
             crop = arr[c.y0 : c.y0 + size, c.x0 : c.x0 + size]
             tile[: crop.shape[0], : crop.shape[1]] = crop
-            for b in c.paint:  # an object without a confident angle: neither taught as angle 0 nor as background
+            # an object without a confident angle: neither taught as angle 0 nor as background
+            for b in c.paint:
                 x1, y1 = np.floor(b[:2]).astype(int) - 2
                 x2, y2 = np.ceil(b[2:]).astype(int) + 2
                 tile[max(y1, 0) : y2, max(x1, 0) : x2] = 114

@@ -27,10 +27,10 @@ See :mod:`detector.labels.types` for the coordinate contract.
 from __future__ import annotations
 
 import math
-import numpy as np
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from detector.labels.coco import read_coco
@@ -173,7 +173,9 @@ def _rotor_discs(img: LabeledImage) -> LabeledImage:
         square = rotor_disc(a.polygon)
         centre, side = square.mean(axis=0), float(np.linalg.norm(square[1] - square[0]))
         t = np.linspace(0, 2 * np.pi, 32, endpoint=False)
-        circle = centre + side / 2 * np.stack([np.cos(t), np.sin(t)], axis=1)  # the outline is the disc itself
+        circle = centre + side / 2 * np.stack(
+            [np.cos(t), np.sin(t)], axis=1
+        )  # the outline is the disc itself
         return replace(a, polygon=square, rotated=True, attrs={**a.attrs, "outline": circle})
 
     return replace(img, annotations=[disc(a) if a.cls == "helicopter" else a for a in img.annotations])

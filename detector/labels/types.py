@@ -264,7 +264,6 @@ def rotor_disc(rect: np.ndarray, k: float = ROTOR_K, fuselage_aspect: float = FU
     return square(centre, side, axis)
 
 
-
 class LineErrors:
     """Raise or collect malformed-line errors for one label file, as ``on_error`` asks."""
 
