@@ -104,16 +104,10 @@ def polygon_mask(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def boxes_overlap(a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether two convex ``(K, 2)`` polygons intersect (separating-axis test; touching counts as overlap)."""
-    for poly in (a, b):
-        n = len(poly)
-        for i in range(n):
-            edge = poly[(i + 1) % n] - poly[i]
-            normal = np.array([-edge[1], edge[0]])
-            pa, pb = a @ normal, b @ normal
-            if pa.max() < pb.min() or pb.max() < pa.min():
-                return False
-    return True
+    """Whether two ``(K, 2)`` polygons intersect (shapely; touching counts as overlap)."""
+    import shapely
+
+    return bool(shapely.intersects(shapely.Polygon(a), shapely.Polygon(b)))
 
 
 # ---------------------------------------------------------------------------------------------- labels
