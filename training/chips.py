@@ -760,12 +760,6 @@ def build(
         except LabelError as e:
             raise LabelError(f"source {src.name!r}: {e}") from e
         st.images_read = len(imgs)
-        if src.derive_angles is not None and cfg.task == "obb":
-            from training.angles import derive
-
-            imgs, angle_stats = derive(imgs, src.derive_angles, classes)
-            st.angles = angle_stats.to_dict()
-            logger.info("source %s: angles %s", src.name, st.angles)
         kept = []
         for img in imgs:
             st.label_lines_skipped += len(img.skipped)
@@ -812,6 +806,15 @@ def build(
     for src in cfg.sources:
         st = stats[src.name]
         rng = random.Random(zlib.crc32(f"{cfg.seed}:{src.name}".encode()))
+        # angles for the images that survived dedup and leakage only
+        if src.derive_angles is not None and cfg.task == "obb":
+            from training.angles import derive
+
+            kept = images[src.name]
+            derived, angle_stats = derive([img for img, _ in kept], src.derive_angles, classes)
+            images[src.name] = [(img, sp) for img, (_, sp) in zip(derived, kept, strict=True)]
+            st.angles = angle_stats.to_dict()
+            logger.info("source %s: angles %s", src.name, st.angles)
         st.images_used = len(images[src.name])
         ignored: Counter[str] = Counter()
         by_split: dict[str, list[Chip]] = defaultdict(list)
