@@ -210,3 +210,68 @@ def test_ground_truth_boxes_follow_the_outline_in_eval(tmp_path: Path):
     ann2 = Annotation(path, "aircraft", "plane", box_polygon(20, 20, 40, 30))
     truth2 = _truth_of(LabeledImage(path, 100, 100, None, [ann2], group="g"), "aircraft")
     np.testing.assert_allclose(truth2.xyxy, [[20, 20, 40, 30]])
+
+
+def _airliner(theta_deg: float, centre=(200.0, 200.0)) -> np.ndarray:
+    """The outline of a swept-wing airliner (length 40 px, span 38 px) with its fuselage at ``theta_deg``."""
+    half = [  # nose -> tail along +x -> -x, the left half (y >= 0); mirrored below
+        (20, 0), (17, 2.5), (4, 3), (-6, 19), (-9, 19), (-4, 3), (-15, 3), (-19, 8), (-21, 8), (-20, 0),
+    ]  # fmt: skip
+    pts = np.array(half + [(x, -y) for x, y in reversed(half[1:-1])], dtype=np.float64)
+    t = np.deg2rad(theta_deg)
+    rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    return pts @ rot.T + np.asarray(centre)
+
+
+@pytest.mark.parametrize("theta", [0.0, 17.0, 45.0, 100.0, 160.0])
+def test_aircraft_axis_rect_follows_the_fuselage(theta: float):
+    from detector.geometry import box_iou_xyxy, object_boxes
+    from detector.labels.types import aircraft_axis_rect, min_area_rect, rect_axes
+
+    outline = _airliner(theta)
+    rect, symmetry = aircraft_axis_rect(outline)
+    assert symmetry > 0.9
+    _, length, width, axis = rect_axes(rect)
+    found = np.rad2deg(np.arctan2(axis[1], axis[0])) % 90  # fuselage or wing axis: the same rectangle
+    assert min(abs(found - theta % 90), 90 - abs(found - theta % 90)) <= 1.5
+    assert sorted([length, width]) == pytest.approx([38.0, 41.0], abs=1.0)
+
+    def box_of(r: np.ndarray) -> np.ndarray:
+        c, ln, wd, ax = rect_axes(r)
+        return object_boxes(np.array([[*c, ln, wd, np.arctan2(ax[1], ax[0])]]), np.array(["cross"]))[0]
+
+    truth = np.r_[outline.min(axis=0), outline.max(axis=0)]
+    iou_axis = box_iou_xyxy(truth[None], box_of(rect)[None])[0, 0]
+    iou_min = box_iou_xyxy(truth[None], box_of(min_area_rect(outline))[None])[0, 0]
+    assert iou_axis >= 0.65  # the cross rule puts the wing tips abeam the centre: swept wings cost IoU at 45°
+    if theta == 0.0:  # the minimum-area rectangle of this outline is tilted ~40° off the fuselage
+        assert iou_axis > 0.95 > 0.8 > iou_min
+
+
+def test_aircraft_box_axis_relabels_polygon_aircraft_only(tmp_path: Path):
+    from detector.labels import LabelError, read_dataset
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    Image.fromarray(np.zeros((400, 400, 3), np.uint8)).save(tmp_path / "images" / "t.png")
+    plane = " ".join(f"{v / 400:.6f}" for v in _airliner(30.0).ravel())
+    (tmp_path / "labels" / "t.txt").write_text(f"0 {plane}\n1 0.10 0.10 0.30 0.10 0.30 0.20 0.10 0.20\n")
+    spec = {
+        "format": "yolo_seg",
+        "name": "isaid",
+        "path": "images",
+        "labels": "labels",
+        "names": ["plane", "small-vehicle"],
+    }
+    from detector.taxonomy import load_taxonomy
+
+    tax = load_taxonomy()
+    plain = read_dataset(spec, root=tmp_path, taxonomy=tax)[0].annotations
+    axis = read_dataset({**spec, "aircraft_box": "axis"}, root=tmp_path, taxonomy=tax)[0].annotations
+    assert plain[0].cls == axis[0].cls == "aircraft"
+    assert not np.allclose(axis[0].polygon, plain[0].polygon)
+    np.testing.assert_allclose(axis[0].xyxy, plain[0].xyxy)  # the outline (and its box) stays
+    np.testing.assert_allclose(axis[1].polygon, plain[1].polygon)
+    assert axis[0].attrs["axis_symmetry"] > 0.9
+    with pytest.raises(LabelError, match="aircraft_box"):
+        read_dataset({**spec, "aircraft_box": "min_area"}, root=tmp_path, taxonomy=tax)

@@ -15,6 +15,7 @@ One reader per format: :func:`read_coco`, :func:`read_dota`, :func:`read_yolo`, 
     on_error: raise             # or skip
     include: isaid-scenes.json#test-unseen  # optional: keep only the images (file names) this list names
     helicopter_box: rotor_disc  # optional: turn fuselage-only helicopter labels (iSAID) into rotor discs (DOTA's)
+    aircraft_box: axis          # optional: box aircraft outlines along their axis of symmetry, not by min-area
 
 ``include`` names a text file (one image file name per line, ``#`` comments) or a JSON file holding a list of
 names, with ``#key`` selecting a list inside a JSON object. A relative path resolves against the root, else the
@@ -76,6 +77,7 @@ _SPEC_KEYS = {
     "use_segmentation",
     "include",
     "helicopter_box",
+    "aircraft_box",
 }
 _DEFAULT = object()
 
@@ -152,6 +154,11 @@ def read_dataset(
         if box != "rotor_disc":
             raise LabelError(f"{where}: helicopter_box must be rotor_disc, got {box!r}")
         images = [_rotor_discs(im) for im in images]
+    box = spec.get("aircraft_box")
+    if box is not None:
+        if box != "axis":
+            raise LabelError(f"{where}: aircraft_box must be axis, got {box!r}")
+        images = [_aircraft_axes(im) for im in images]
     if keep is None:
         return images
     missing = sorted(keep - {im.image.name for im in images})
@@ -179,6 +186,23 @@ def _rotor_discs(img: LabeledImage) -> LabeledImage:
         return replace(a, polygon=square, rotated=True, attrs={**a.attrs, "outline": circle})
 
     return replace(img, annotations=[disc(a) if a.cls == "helicopter" else a for a in img.annotations])
+
+
+def _aircraft_axes(img: LabeledImage) -> LabeledImage:
+    """``img`` with every aircraft traced as an outline (a polygon label) boxed along its axis of symmetry
+    (:func:`~detector.labels.types.aircraft_axis_rect`) instead of its minimum-area rectangle."""
+    from dataclasses import replace
+
+    from detector.geometry import CROSS_CLASSES
+    from detector.labels.types import aircraft_axis_rect
+
+    def axis(a: Annotation) -> Annotation:
+        if a.cls not in CROSS_CLASSES or a.attrs.get("outline") is None:
+            return a
+        rect, symmetry = aircraft_axis_rect(a.outline)
+        return replace(a, polygon=rect, rotated=True, attrs={**a.attrs, "axis_symmetry": round(symmetry, 3)})
+
+    return replace(img, annotations=[axis(a) for a in img.annotations])
 
 
 def _read(
