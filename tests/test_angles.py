@@ -275,3 +275,22 @@ def test_aircraft_box_axis_relabels_polygon_aircraft_only(tmp_path: Path):
     assert axis[0].attrs["axis_symmetry"] > 0.9
     with pytest.raises(LabelError, match="aircraft_box"):
         read_dataset({**spec, "aircraft_box": "min_area"}, root=tmp_path, taxonomy=tax)
+
+
+def test_axis_check_reports_both_conventions():
+    from training.angles import axis_check
+
+    outline = _airliner(0.0)
+    ann = Annotation(
+        image=Path("x.png"),
+        cls="aircraft",
+        source_cls="plane",
+        polygon=outline[:4],
+        rotated=True,
+        attrs={"outline": outline},
+    )
+    img = LabeledImage(image=Path("x.png"), width=400, height=400, gsd=None, group="x", annotations=[ann])
+    rep = axis_check([img])
+    assert rep["objects"] == 1 and rep["cut_by_edge"] == 0
+    assert rep["axis"]["median_iou"] > 0.95 > 0.8 > rep["min_area"]["median_iou"]
+    assert rep["min_area"]["share_below_0.5_whole"] in (0.0, 1.0)

@@ -238,6 +238,49 @@ def measure(
     return report
 
 
+def axis_check(images: Sequence[LabeledImage], classes: Sequence[str] = ("aircraft",)) -> dict[str, Any]:
+    """How well each rectangle convention of polygon-traced aircraft gives back the aircraft's own box.
+
+    A rotated model's aircraft rectangle is read as the box of its centre lines
+    (:func:`detector.geometry.object_boxes`, ``"cross"``), so a label convention whose rectangles do not give
+    the outline's box that way caps the model's AP50 on enclosing boxes whatever it learns. For every
+    aircraft with an outline: IoU of the outline's box with the object box of its minimum-area rectangle and
+    of its symmetry-axis rectangle (:func:`detector.labels.types.aircraft_axis_rect`); medians and the shares
+    below 0.5 (all, and objects not cut by the image edge).
+    """
+    from detector.labels.types import aircraft_axis_rect, rect_axes
+
+    def cross_box(rect: np.ndarray) -> np.ndarray:
+        c, length, width, axis = rect_axes(rect)
+        xywhr = np.array([[c[0], c[1], length, width, np.arctan2(axis[1], axis[0])]])
+        return object_boxes(xywhr, np.array(["cross"]))[0]
+
+    rows = []
+    for img in images:
+        for a in img.annotations:
+            if a.cls not in classes or a.attrs.get("outline") is None:
+                continue
+            out = a.outline
+            truth = np.r_[out.min(axis=0), out.max(axis=0)][None]
+            w, h = img.width or np.inf, img.height or np.inf  # unknown size: only the top/left edge counts
+            cut = bool(out.min() <= 1 or out[:, 0].max() >= w - 1 or out[:, 1].max() >= h - 1)
+            iou_min = box_iou_xyxy(truth, cross_box(min_area_rect(out))[None])[0, 0]
+            iou_axis = box_iou_xyxy(truth, cross_box(aircraft_axis_rect(out)[0])[None])[0, 0]
+            rows.append((iou_min, iou_axis, cut))
+    if not rows:
+        return {"objects": 0}
+    arr = np.array(rows, dtype=np.float64)
+    whole = arr[:, 2] == 0
+    report: dict[str, Any] = {"objects": len(arr), "cut_by_edge": int((~whole).sum())}
+    for k, name in ((0, "min_area"), (1, "axis")):
+        report[name] = {
+            "median_iou": round(float(np.median(arr[:, k])), 3),
+            "share_below_0.5": round(float((arr[:, k] < 0.5).mean()), 3),
+            "share_below_0.5_whole": round(float((arr[whole, k] < 0.5).mean()), 3) if whole.any() else None,
+        }
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     from detector.labels import read_dataset
     from detector.taxonomy import load_taxonomy
@@ -257,6 +300,11 @@ def main(argv: list[str] | None = None) -> int:
         help="an eval set of configs/eval.yaml with rotated labels (default: isaid-512/test and dota/demo)",
     )
     p.add_argument("-o", "--out", default=None, help="write the report as JSON here")
+    p.add_argument(
+        "--axis-check",
+        action="store_true",
+        help="no model: compare the min-area and symmetry-axis rectangles of polygon-traced aircraft (axis_check)",
+    )
     args = p.parse_args(argv)
     taxonomy = load_taxonomy()
     classes = taxonomy.classes
@@ -265,12 +313,19 @@ def main(argv: list[str] | None = None) -> int:
     from detector.resources import config_path
 
     sets = yaml.safe_load(config_path("eval.yaml").read_text())["sets"]
-    detector = load_detector(args.model)
+    detector = None if args.axis_check else load_detector(args.model)
     report = {}
     for name in args.set or ["isaid-512/test", "dota/demo"]:
-        spec = {k: v for k, v in sets[name].items() if k not in ("description", "classes", "iou_type")}
+        spec = {
+            k: v
+            for k, v in sets[name].items()
+            if k not in ("description", "classes", "iou_type", "aircraft_box")  # the raw polygons
+        }
         imgs = read_dataset(spec, root=Path(args.data), taxonomy=taxonomy)[: args.limit]
-        report[name] = measure(imgs, detector, classes, min_iou=args.min_iou)
+        if detector is None:
+            report[name] = axis_check(imgs)
+        else:
+            report[name] = measure(imgs, detector, classes, min_iou=args.min_iou)
         print(name, json.dumps(report[name], indent=1), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
