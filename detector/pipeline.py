@@ -335,6 +335,7 @@ class Detector:
             model_gsd=meta.gsd,
             fit=self._rect_tiles(),
             min_size=min_tile(meta),
+            any_size=self._any_tile_size(),
         )
         logger.info(
             "%s: %dx%d px, %d tiles of %d px (scale %.3g scene px per tile px)",
@@ -473,19 +474,27 @@ class Detector:
         to strips and small scenes (:func:`~detector.tiling.plan_tiles`)."""
         return bool(getattr(self.predictor, "rect_tiles", False))
 
+    def _any_tile_size(self) -> bool:
+        """Whether the predictor runs square tiles of any multiple of 32: it says ``rect_tiles = True``, or it
+        has a ``fixed_size`` attribute that is ``None`` (an ONNX / OpenVINO file exported with a dynamic
+        input). Such a predictor gets the balanced grid of ``TileConfig.grow``; any other keeps its imgsz."""
+        p = self.predictor
+        return self._rect_tiles() or (hasattr(p, "fixed_size") and p.fixed_size is None)
+
     def _add_coarse(self, scene: Scene, plan: TilePlan, config: TileConfig, parts: TileParts) -> TileParts:
         """Run the whole scene as one downscaled tile (:func:`~detector.tiling.coarse_plan`) and add what it
         finds (larger than :data:`COARSE_MIN_OVERLAPS` tile overlaps) to the tiled detections, after them
         (tile order is kept); the seam merge then keeps one of each object."""
         size = int(config.tile or self.meta.imgsz)
         coarse = coarse_plan(scene.width, scene.height, size, plan.scale)
-        if coarse is None:
+        if coarse is None or len(plan.windows) == 1:  # one tile already holds the scene at the tiled scale
             return parts
         extra = self._run_tiles(scene, coarse, None, batch=1, progress=None)
         if extra.found is None or len(extra.found) == 0:
             return replace(parts, tiles_run=parts.tiles_run + extra.tiles_run)
         sides = extra.found.xyxy[:, 2:] - extra.found.xyxy[:, :2]
-        big = sides.max(axis=1) > COARSE_MIN_OVERLAPS * config.overlap_px(plan.size) * plan.scale
+        # the configured overlap of the nominal tile (a balanced grid's larger tiles keep it, not a fraction)
+        big = sides.max(axis=1) > COARSE_MIN_OVERLAPS * config.overlap_px(size) * plan.scale
         found = extra.found[big]
         logger.info("%s: coarse pass at scale %.3g: %d detections kept", scene.path, coarse.scale, len(found))
         joined = [p for p in (parts.found, found) if p is not None]

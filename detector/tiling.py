@@ -9,6 +9,11 @@ metres per pixel). A scene inside the range runs at its own resolution; a finer 
 range's fine end, a coarser one to its coarse end (:func:`resample_scale`, at most :data:`MAX_ZOOM` either
 way); a scene far coarser than the range (:func:`check_resolution`) is refused unless forced, since its
 "objects" would be larger than anything the model has seen. A scene whose GSD is unknown runs as it is.
+
+Grid: a model with a fixed input size runs tiles of exactly that size, stepping by ``tile - overlap``. A model
+that runs any multiple of 32 gets a balanced grid (:func:`balanced_tile`): the tile may grow up to
+``TileConfig.grow`` times its nominal size when the scene then needs fewer model pixels, and the tiles are
+spread evenly, each overlap at least the configured one.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ RESAMPLE_TOLERANCE = 0.10
 MAX_ZOOM = 4.0
 #: A scene whose GSD is coarser than the model's coarsest training GSD times this is refused (unless forced).
 RESOLUTION_FACTOR = 2.0
+#: The largest :attr:`TileConfig.grow` (tiles far larger than the training size see objects in a context the
+#: model never saw in one piece; 1.25 is what was measured).
+MAX_GROW = 2.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,9 @@ class TileConfig:
             strip, a small chip; see :func:`plan_tiles`) instead of padding most of it.
         coarse: also run the whole scene once, downscaled to one tile, and merge what it finds with the
             tiled result (for objects larger than a tile; see :func:`coarse_plan`).
+        grow: for models that run square tiles of any multiple of 32 (dynamic input), tiles may grow up to
+            ``grow`` times ``tile`` when that needs fewer model pixels for the scene (a balanced grid, see
+            :func:`balanced_tile`); 1.0 keeps ``tile``. Models with a fixed input size always run ``tile``.
     """
 
     tile: int | None = None
@@ -58,6 +69,7 @@ class TileConfig:
     resample: bool = True
     fit: bool = True
     coarse: bool = False
+    grow: float = 1.25
 
     def __post_init__(self) -> None:
         if self.tile is not None and (int(self.tile) != self.tile or self.tile < 1):
@@ -74,6 +86,8 @@ class TileConfig:
             )
         if int(self.batch) != self.batch or self.batch < 1:
             raise ValueError(f"TileConfig.batch must be a positive integer, got {self.batch!r}")
+        if not (1.0 <= self.grow <= MAX_GROW):
+            raise ValueError(f"TileConfig.grow must be between 1.0 and {MAX_GROW}, got {self.grow!r}")
 
     def overlap_px(self, tile: int) -> int:
         """The overlap in pixels for tiles of ``tile`` pixels."""
@@ -92,7 +106,7 @@ class TilePlan:
     Attributes:
         windows: windows in scene pixels, row-major order.
         size: side of every tile in model input pixels (the ``out_shape`` of each read), or the long side of
-            non-square tiles.
+            non-square tiles; larger than the nominal tile in a balanced grid (:func:`balanced_tile`).
         scale: scene pixels per tile pixel (1.0 when the scene is not resampled).
         shape: ``(rows, cols)`` of non-square tiles in model input pixels (fitted to a strip or a small
             scene, see :func:`plan_tiles`); ``None`` for square ``size`` x ``size`` tiles.
@@ -110,14 +124,22 @@ class TilePlan:
 
 
 def tile_grid(
-    width: int, height: int, tile: int, overlap_px: int, *, tile_rows: int | None = None
+    width: int,
+    height: int,
+    tile: int,
+    overlap_px: int,
+    *,
+    tile_rows: int | None = None,
+    spread: bool = False,
 ) -> list[Window]:
     """Square windows covering a ``width`` x ``height`` scene, in row-major order.
 
     Tiles step by ``tile - overlap_px``; the last tile of a row or column is shifted back to end at the scene
     edge, so every tile is full. Along an axis shorter than the tile there is one tile starting at 0 that
     passes the edge (the read pads it). ``tile_rows`` makes the windows ``tile`` wide and ``tile_rows`` high
-    (the overlap is then at most ``tile_rows - 1`` between rows).
+    (the overlap is then at most ``tile_rows - 1`` between rows). ``spread``: the same number of tiles per
+    axis, spaced evenly from one edge to the other (steps differ by at most 1 px, every overlap is at least
+    ``overlap_px``) instead of one short last step.
     """
     rows_px = tile if tile_rows is None else int(tile_rows)
     if tile < 1 or rows_px < 1:
@@ -126,15 +148,25 @@ def tile_grid(
         raise ValueError(f"overlap_px must be in [0, {tile}) for a {tile} px tile, got {overlap_px!r}")
     if width < 1 or height < 1:
         raise ValueError(f"scene size must be positive, got {width}x{height}")
-    cols = _offsets(width, tile, tile - overlap_px)
-    rows = _offsets(height, rows_px, rows_px - min(overlap_px, rows_px - 1))
+    cols = _offsets(width, tile, tile - overlap_px, spread)
+    rows = _offsets(height, rows_px, rows_px - min(overlap_px, rows_px - 1), spread)
     return [Window(c, r, tile, rows_px) for r in rows for c in cols]
 
 
-def _offsets(size: int, tile: int, stride: int) -> list[int]:
-    if size <= tile:
+def tiles_along(extent: int, tile: int, overlap_px: int) -> int:
+    """Tiles of ``tile`` px overlapping by at least ``overlap_px`` that cover ``extent`` px: the smallest
+    ``n`` with ``n * tile - (n - 1) * overlap_px >= extent`` (1 when the extent fits one tile)."""
+    if extent <= tile:
+        return 1
+    return math.ceil((extent - tile) / (tile - overlap_px)) + 1
+
+
+def _offsets(size: int, tile: int, stride: int, spread: bool = False) -> list[int]:
+    n = tiles_along(size, tile, tile - stride)
+    if n == 1:
         return [0]
-    n = math.ceil((size - tile) / stride) + 1
+    if spread:  # integer steps of floor or ceil((size - tile) / (n - 1)), never above ``stride``
+        return [i * (size - tile) // (n - 1) for i in range(n)]
     return [min(i * stride, size - tile) for i in range(n)]
 
 
@@ -252,6 +284,45 @@ def fitted_size(extent: float, size: int, min_size: int = STRIDE) -> int:
     return min(size, max(fitted, min_size))
 
 
+def _scene_window(tile: int, overlap_px: int, scale: float) -> tuple[int, int]:
+    """The window side and overlap in scene pixels of ``tile`` px tiles overlapping by ``overlap_px`` tile px,
+    at ``scale`` scene px per tile px."""
+    if scale == 1.0:
+        return tile, overlap_px
+    window = max(1, int(round(tile * scale)))
+    return window, min(int(round(overlap_px * scale)), window - 1)
+
+
+def balanced_tile(
+    width: int, height: int, size: int, overlap_px: int, scale: float = 1.0, grow: float = 1.25
+) -> int:
+    """The square tile side that runs a scene in the fewest model pixels: a balanced grid.
+
+    Candidates are the multiples of 32 from ``size`` up to ``grow * size``. Each covers the scene with the
+    fewest tiles per axis that overlap by at least ``overlap_px`` (:func:`tiles_along`); the one with the
+    smallest ``rows * cols * tile**2`` wins, the smaller tile on a tie. A 2560 px square at 640 px and 128 px
+    overlap needs 5 x 5 tiles of 640 (10.2 MP) but 4 x 4 of 736 (8.7 MP): 2560 = 4 x 640 leaves no room for
+    an overlap. A scene whose axes need no fewer tiles keeps ``size``.
+
+    Args:
+        width, height: scene size in scene pixels.
+        size: the nominal tile (the model's input size), a multiple of 32.
+        overlap_px: the least overlap in tile pixels.
+        scale: scene pixels per tile pixel.
+        grow: the largest tile as a multiple of ``size`` (rounded down to a multiple of 32).
+    """
+    if size % STRIDE or grow <= 1.0:
+        return size
+    cap = max(size, int(size * grow + 1e-9) // STRIDE * STRIDE)
+    best_pixels, best = math.inf, size
+    for tile in range(size, cap + 1, STRIDE):
+        window, window_overlap = _scene_window(tile, overlap_px, scale)
+        n = tiles_along(width, window, window_overlap) * tiles_along(height, window, window_overlap)
+        if n * tile * tile < best_pixels:
+            best_pixels, best = n * tile * tile, tile
+    return best
+
+
 def plan_tiles(
     width: int,
     height: int,
@@ -263,6 +334,7 @@ def plan_tiles(
     model_gsd: float | None = None,
     fit: bool = False,
     min_size: int = STRIDE,
+    any_size: bool = False,
 ) -> TilePlan:
     """The tile grid of a scene, resampled into the model's GSD range when asked and both are known.
 
@@ -278,20 +350,27 @@ def plan_tiles(
             (:func:`fitted_size`) instead of padded, unless ``config.fit`` is off. The other axis keeps the
             full tile, so no object is cut more often than with square tiles.
         min_size: the smallest tile side the model accepts (for ``fit``).
+        any_size: the model runs square tiles of any multiple of 32 (a dynamic input size; implied by
+            ``fit``). A scene that runs on square tiles then gets the balanced grid of
+            :func:`balanced_tile` when ``config.grow > 1``: tiles up to ``grow`` times the nominal size,
+            at least the configured overlap, spread evenly (``tile_grid(spread=True)``). A model with a
+            fixed input size never gets another tile than its own.
     """
     size = int(config.tile or imgsz)
-    scale = resample_scale(scene_gsd, gsd_range, model_gsd) if config.resample else 1.0
+    resample = resample_scale(scene_gsd, gsd_range, model_gsd) if config.resample else 1.0
     overlap = config.overlap_px(size)
-    window, window_overlap = size, overlap
-    if scale != 1.0:
-        window = max(1, int(round(size * scale)))
-        window_overlap = min(int(round(overlap * scale)), window - 1)
-        scale = window / size
+    window, window_overlap = _scene_window(size, overlap, resample)
+    scale = window / size
     rows_px = cols_px = size
     if fit and config.fit:
         cols_px = fitted_size(width / scale, size, min_size)
         rows_px = fitted_size(height / scale, size, min_size)
     if rows_px == cols_px == size:
+        if (fit or any_size) and config.grow > 1.0:
+            size = balanced_tile(width, height, size, overlap, resample, config.grow)
+            window, window_overlap = _scene_window(size, overlap, resample)
+            windows = tile_grid(width, height, window, window_overlap, spread=True)
+            return TilePlan(windows, size, window / size)
         return TilePlan(tile_grid(width, height, window, window_overlap), size, scale)
     # one tile along each fitted axis: its window covers the scene's extent there
     win_w = window if cols_px == size else max(1, int(round(cols_px * scale)))

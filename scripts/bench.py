@@ -457,8 +457,8 @@ def section_c(s: Settings, sources_images: list[Any] | None) -> dict[str, Any]:
         log(f"memory: {side}x{side} GeoTIFF {path} (generated once, then cached)")
         write_textured_geotiff(path, side, sources)
         gen = time.perf_counter() - t0
-        tiles = _n_tiles(s, side)
-        log(f"memory: {side}x{side}: {tiles} tiles of {s.tile} px, Detector.predict in a fresh process")
+        tiles, size = _n_tiles(s, side)
+        log(f"memory: {side}x{side}: {tiles} tiles of {size} px, Detector.predict in a fresh process")
         r = run_worker(
             {
                 "kind": "memory",
@@ -602,10 +602,13 @@ def carry_change_section(out: Path) -> str:
     return text[start : end + len(CHANGE_END)]
 
 
-def _n_tiles(s: Settings, side: int) -> int:
+def _n_tiles(s: Settings, side: int) -> tuple[int, int]:
+    """Tiles and tile side of a ``side`` px square scene (the benched models run any tile size: the balanced
+    grid of ``TileConfig.grow``)."""
     from detector.tiling import TileConfig, plan_tiles
 
-    return len(plan_tiles(side, side, TileConfig(s.tile, s.overlap), s.tile).windows)
+    plan = plan_tiles(side, side, TileConfig(s.tile, s.overlap), s.tile, any_size=True)
+    return len(plan.windows), plan.size
 
 
 # --------------------------------------------------------------------------------------------------------------

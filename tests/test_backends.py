@@ -330,7 +330,10 @@ def test_predict_cli_with_tile(obb_onnx, shared_data, tmp_path):
     features = json.loads((tmp_path / "out" / "chip.px.geojson").read_text())["features"]
     assert len(features) > 5  # a car park
     dets = Detector.load(obb_onnx, threads=2).predict(scene, tile=TileConfig(tile=160))
-    assert dets.meta["tile"] == 160 and dets.meta["tiles"] == 9 and len(dets) == len(features)
+    # the balanced grid (TileConfig.grow): 3 x 2 tiles of 192 px run fewer pixels than 3 x 3 of 160
+    assert dets.meta["tile"] == 192 and dets.meta["tiles"] == 6 and len(dets) == len(features)
+    fixed = Detector.load(obb_onnx, threads=2).predict(scene, tile=TileConfig(tile=160, grow=1.0))
+    assert fixed.meta["tile"] == 160 and fixed.meta["tiles"] == 9
     r = runner.invoke(cli.cli, [*args, "--tile", "100"])
     assert r.exit_code == 2 and "100 is not a multiple of 32" in r.output and "try 96 or 128" in r.output
 

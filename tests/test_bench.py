@@ -261,7 +261,7 @@ def test_end_to_end_dask_batch_and_split(tmp_path: Path, shared_data: Path) -> N
     raw = json.loads((tmp_path / "cache" / "bench.json").read_text())
     runs = raw["d"]["runs"]
     assert set(runs) == {"batch-1", "split-1"}
-    assert runs["batch-1"]["scenes"] == 2 and runs["batch-1"]["tiles"] == 2 * 25  # 2560 px in 640 px tiles
+    assert runs["batch-1"]["scenes"] == 2 and runs["batch-1"]["tiles"] == 2 * 16  # 2560 px: 4 x 4 of 736 px
     for r in runs.values():
         assert len(r["worker_peak_rss"]) == 1 and all(v > 0 for v in r["worker_peak_rss"].values())
     assert "## (d) Dask" in out.read_text()

@@ -6,12 +6,13 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from _fixtures import make_meta
+from _fixtures import BrightObjectPredictor, make_meta, paint_box, write_geotiff
 from rasterio.windows import Window
 
 from detector.errors import ResolutionError
 from detector.tiling import (
     TileConfig,
+    balanced_tile,
     check_resolution,
     model_gsd_range,
     plan_tiles,
@@ -194,7 +195,7 @@ def test_bad_gsd_range_is_an_error() -> None:
     ],
 )
 def test_strips_get_fitted_tiles(width, height, fit: bool, shape, n_tiles: int, first: Window) -> None:
-    plan = plan_tiles(width, height, TileConfig(overlap=0.2), 1024, fit=fit)
+    plan = plan_tiles(width, height, TileConfig(overlap=0.2, grow=1.0), 1024, fit=fit)  # no balanced grid
     assert plan.out_shape == shape and len(plan.windows) == n_tiles
     assert plan.windows[0] == first and plan.size == max(shape)
     assert all((w.height, w.width) == shape for w in plan.windows)  # scale 1: a window is a tile
@@ -211,3 +212,158 @@ def test_fitted_tiles_respect_the_model_minimum_and_the_scale() -> None:
     plan = plan_tiles(4000, 900, TileConfig(), 1024, 0.15, RANGE, fit=True)
     assert plan.out_shape == (480, 1024) and plan.scale == pytest.approx(2.0)
     assert (plan.windows[0].width, plan.windows[0].height) == (2048, 960)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the balanced grid (TileConfig.grow) for models that run any multiple of 32
+
+
+def _axis_offsets(windows: list[Window], axis: str) -> list[int]:
+    return sorted({getattr(w, axis) for w in windows})
+
+
+@pytest.mark.parametrize(
+    ("side", "overlap", "n_old", "n_new", "size"),
+    [
+        (2560, 128, 25, 16, 736),  # 2560 = 4 x 640 leaves no room for an overlap: 5 x 5 tiles of 640
+        (2560, 64, 25, 16, 704),
+        (5000, 128, 100, 81, 672),
+        (5000, 64, 81, 49, 800),
+        (20000, 128, 1521, 900, 800),
+        (640, 128, 1, 1, 640),  # one nominal tile: unchanged
+        (700, 128, 4, 1, 704),  # just over a tile: one grown tile instead of 2 x 2
+    ],
+)
+def test_balanced_grid_table(side: int, overlap: int, n_old: int, n_new: int, size: int) -> None:
+    old = plan_tiles(side, side, TileConfig(overlap=overlap, grow=1.0), 640, any_size=True)
+    new = plan_tiles(side, side, TileConfig(overlap=overlap), 640, any_size=True)
+    assert (len(old.windows), old.size) == (n_old, 640)
+    assert (len(new.windows), new.size, new.scale, new.shape) == (n_new, size, 1.0, None)
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "tile", "overlap", "grow", "scene_gsd"),
+    [
+        (2560, 2560, 640, 128, 1.25, None),
+        (5000, 3100, 640, 64, 1.25, None),
+        (1999, 20011, 640, 0.2, 1.25, None),
+        (4321, 1234, 1024, 0.2, 1.5, None),
+        (3000, 2000, 256, 40, 1.25, None),
+        (777, 5003, 640, 200, 2.0, None),
+        (6000, 4000, 640, 128, 1.25, 0.15),  # resampled 2x into a 0.3-0.6 m model
+        (2000, 1500, 640, 128, 1.25, 1.2),  # enlarged 2x
+    ],
+)
+def test_balanced_grid_covers_overlaps_and_saves_pixels(
+    width, height, tile, overlap, grow, scene_gsd
+) -> None:
+    config = TileConfig(tile=tile, overlap=overlap, grow=grow)
+    gsd = (0.3, 0.6) if scene_gsd else None
+    plan = plan_tiles(width, height, config, 640, scene_gsd, gsd, any_size=True)
+    old = plan_tiles(width, height, replace(config, grow=1.0), 640, scene_gsd, gsd, any_size=True)
+    cap = int(tile * grow) // 32 * 32
+    assert plan.size % 32 == 0 and tile <= plan.size <= cap and plan.shape is None
+    assert len(plan.windows) * plan.size**2 <= len(old.windows) * old.size**2
+    window = plan.windows[0].width
+    assert window == int(round(plan.size * plan.scale)) and plan.scale == pytest.approx(old.scale, rel=0.01)
+    assert all((w.width, w.height) == (window, window) for w in plan.windows)
+    assert plan.windows == sorted(plan.windows, key=lambda w: (w.row_off, w.col_off))
+    # every scene pixel is covered, tiles stay inside the scene along an axis longer than a tile
+    covered = np.zeros((height, width), bool)
+    for w in plan.windows:
+        covered[w.row_off : w.row_off + window, w.col_off : w.col_off + window] = True
+    assert covered.all()
+    least = min(int(round(config.overlap_px(tile) * old.scale)), window - 1)  # the overlap, scene px
+    for axis, extent in (("col_off", width), ("row_off", height)):
+        offsets = _axis_offsets(plan.windows, axis)
+        if extent <= window:
+            assert offsets == [0]
+            continue
+        assert offsets[0] == 0 and offsets[-1] + window == extent
+        steps = np.diff(offsets)
+        assert steps.max() <= window - least  # overlap >= the configured one everywhere
+        assert steps.max() - steps.min() <= 1  # evenly spread, no short last step
+
+
+def test_balanced_grid_only_for_models_that_run_any_size() -> None:
+    config = TileConfig(overlap=128)
+    static = plan_tiles(2560, 2560, config, 640)  # a fixed input size: today's grid, always imgsz
+    assert static == plan_tiles(2560, 2560, replace(config, grow=1.0), 640, any_size=True)
+    assert static.size == 640 and len(static.windows) == 25
+    assert plan_tiles(2560, 2560, config, 640, fit=True).size == 736  # rect tiles run any size too
+    assert plan_tiles(2560, 2560, config, 640, 0.15, RANGE).size == 640
+    # tile sizes that are no multiple of the stride never grow
+    assert balanced_tile(2560, 2560, 600, 128) == 600
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "shape"),
+    [(1764, 430, (448, 1024)), (430, 1764, (1024, 448)), (640, 360, (384, 640)), (20, 20, (32, 32))],
+)
+def test_balanced_grid_leaves_strips_and_small_scenes_fitted(width: int, height: int, shape) -> None:
+    config = TileConfig(overlap=0.2)
+    plan = plan_tiles(width, height, config, 1024, fit=True)
+    assert plan == plan_tiles(width, height, replace(config, grow=1.0), 1024, fit=True)
+    assert plan.out_shape == shape
+
+
+def test_small_scenes_keep_one_nominal_tile() -> None:
+    for width, height in ((640, 360), (100, 50), (640, 640)):
+        plan = plan_tiles(width, height, TileConfig(), 640, any_size=True)
+        assert (plan.size, plan.windows) == (640, [Window(0, 0, 640, 640)])
+
+
+@pytest.mark.parametrize("grow", [0.9, 2.5, float("nan")])
+def test_grow_is_validated(grow: float) -> None:
+    with pytest.raises(ValueError, match="grow"):
+        TileConfig(grow=grow)
+
+
+def test_spread_grid_table() -> None:
+    # 1000 px, 256 px tiles, 64 px overlap: 5 tiles either way; spread steps 186/186/186/186 instead of 192 x 3 + 168
+    assert tile_grid(1000, 256, 256, 64, spread=True) == _grid([0, 186, 372, 558, 744], [0], 256)
+    assert tile_grid(1000, 256, 256, 64) == _grid([0, 192, 384, 576, 744], [0], 256)
+    assert tile_grid(641, 100, 640, 128, spread=True) == _grid([0, 1], [0], 640)
+    assert tile_grid(100, 50, 256, 0, spread=True) == [Window(0, 0, 256, 256)]
+
+
+class _AnySizePredictor(BrightObjectPredictor):
+    """The fake model with an input size like an ONNX file's: ``fixed_size`` ``None`` runs any square multiple
+    of 32, an int only that size."""
+
+    def __init__(self, imgsz: int, fixed_size: int | None) -> None:
+        super().__init__(imgsz)
+        self.fixed_size = fixed_size
+        self.shapes: set[tuple[int, int]] = set()
+
+    def predict_batch(self, tiles: np.ndarray) -> list:
+        rows, cols = tiles.shape[1:3]
+        if rows != cols or rows % 32 or (self.fixed_size is not None and rows != self.fixed_size):
+            raise ValueError(f"bad tile batch {tiles.shape}")
+        self.shapes.add((rows, cols))
+        self.calls += 1
+        self.tiles += len(tiles)
+        return [self._detect(t) for t in tiles]
+
+
+def test_detector_runs_the_balanced_grid_with_the_same_detections(tmp_path) -> None:
+    from detector.pipeline import Detector
+
+    image = np.full((3, 1300, 1300), 40, np.uint8)
+    boxes = [(10, 10, 40, 30), (300, 240, 350, 270), (600, 630, 640, 700), (1010, 1150, 1060, 1190)]
+    boxes += [(1270, 1275, 1299, 1299), (250, 900, 290, 930)]  # at the corner, near seams of either grid
+    for box in boxes:
+        paint_box(image, *box)
+    scene = write_geotiff(tmp_path / "scene.tif", image)
+    config = TileConfig(overlap=64, batch=4)
+    grown = _AnySizePredictor(256, None)
+    dets = Detector(grown).predict(scene, tile=config)
+    assert (dets.meta["tile"], dets.meta["tiles"], grown.shapes) == (320, 25, {(320, 320)})
+    fixed = _AnySizePredictor(256, 256)
+    ref = Detector(fixed).predict(scene, tile=config)  # a static model: today's grid
+    assert (ref.meta["tile"], ref.meta["tiles"], fixed.shapes) == (256, 49, {(256, 256)})
+    order = np.lexsort(dets.xyxy.T[::-1])
+    np.testing.assert_array_equal(dets.xyxy[order], ref.xyxy[np.lexsort(ref.xyxy.T[::-1])])
+    np.testing.assert_array_equal(dets.xyxy[order], np.array(sorted(boxes), float))
+    # a predictor that says nothing about its input size keeps the model's imgsz
+    assert Detector(BrightObjectPredictor(256)).predict(scene, tile=config).meta["tiles"] == 49
