@@ -179,8 +179,10 @@ def render(s: Any, r: dict[str, Any]) -> str:
             else "; INT8 not run"
         )
         + ".",
-        f"- **Tiling, both sides**: {s.tile} px tiles (SAHI slices), overlap {_overlap(s)}; our batch {s.batch} tiles "
-        f"per model call; operating confidence {s.conf} on both sides (SAHI's own default is 0.3); each tool's "
+        f"- **Tiling**: SAHI slices of {s.tile} px, overlap {_overlap(s)} (Ultralytics letterboxes a slice to the "
+        "model's 640 px, so larger slices would be downscaled); ours: the default balanced grid (`TileConfig.grow`: "
+        f"square tiles of {s.tile} px up to 1.25x that, whichever needs the fewest model pixels, overlap at least "
+        f"{_overlap(s)}; the (a) table's `tiles` column); our batch {s.batch} tiles per model call; operating confidence {s.conf} on both sides (SAHI's own default is 0.3); each tool's "
         "own within-tile NMS defaults (ours IoU 0.6, Ultralytics 0.7).",
         f"- **Threads**: ours: onnxruntime intra-op {_threads_ours(r)}, inter-op 1, plus one read-ahead thread. "
         + (
@@ -359,7 +361,7 @@ def render(s: Any, r: dict[str, Any]) -> str:
         L += [
             "The floor is bare `session.run` of the pipeline's own onnxruntime session (the same object, so the "
             f"same options: intra-op {any_row['intra_op_threads']}, inter-op {any_row['inter_op_threads']}, "
-            f"{any_row['provider']}) on real {s.tile} px tiles of the scene, input normalised before the clock "
+            f"{any_row['provider']}) on the pipeline's own tiles of the scene (its plan), input normalised before the clock "
             f"starts, batched as the pipeline batches the scene's tiles (batches of {s.batch}, the rest in one "
             f"last batch), measured in the same process right after the timed pipeline calls: median of "
             f"{_calls(1 if s.quick else max(s.repeats, 3))} after one warm-up per batch size. `tiles x batch 1` is "
