@@ -423,6 +423,7 @@ class TorchPredictor:
         import torch
 
         self.path = Path(path)
+        self.fixed_size: int | None = None  # fully convolutional: any multiple of 32 (the balanced tile grid)
         dev = str(device).lower()
         if dev.startswith("cuda") and not torch.cuda.is_available():
             log.warning(
