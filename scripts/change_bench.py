@@ -5,9 +5,13 @@ How a pair is made from one labelled scene (date A, its own pixels):
 * **Date A** is the scene as a GeoTIFF on a synthetic UTM grid (EPSG:32633) at the scene's GSD: the DOTA demo
   header's (0.115-0.132 m), or a stated 0.5 m for the airport test images (GDIT, HRPlanes), which carry none.
 * **Date B** starts from A's pixels. Removed objects (``--remove`` per pair, labelled, well inside the common
-  area, not touching another object) are covered with a feathered patch of nearby background of the same
-  scene (a patch that holds no labelled object). Arrived objects (``--paste``) are labelled objects cut from
-  *other* scenes of the same set (resampled to this scene's GSD), pasted at random empty places by
+  area, not touching another object nor an unlabelled detection) are covered with a feathered patch of
+  nearby background of the same scene (a patch that holds no labelled object and none of the model's
+  detections on A at the low threshold, each grown by 1 m: an unlabelled container or truck brought over a
+  departure is scored in B as the object staying). Date A goes through the model once per scene, before
+  its pairs' B are built. Arrived objects (``--paste``) are labelled objects cut from *other* scenes of the
+  same set (resampled to this scene's GSD), pasted at random empty places (no labelled object, no
+  detection on A) by
   gradient-domain (Poisson) blending (``--paste poisson``, ``cv2.seamlessClone`` NORMAL_CLONE: the crop,
   object and margin, keeps its gradients and takes its low frequencies from this scene's ground at its
   border, so the object stands on this scene's ground with its own contrast and no square of the donor's
@@ -290,14 +294,49 @@ def _grow(box: np.ndarray, m: float) -> np.ndarray:
     return box + np.array([-m, -m, m, m])
 
 
-def _cover(img: np.ndarray, box: np.ndarray, occupied: list[np.ndarray], rng: np.random.Generator) -> bool:
-    """Cover ``box`` (pixels, with a margin already) with nearby background holding no object."""
+SEEN_MARGIN_M = 1.0  # the margin around a detection of date A that a cover patch or a paste keeps off
+
+
+def seen_boxes(seen: np.ndarray | None, gsd: float) -> list[np.ndarray]:
+    """The model's detections on date A (``xyxy``, A pixels) as occupied ground: each box grown by
+    ``SEEN_MARGIN_M`` (at least 2 pixels), since a detection's box is only roughly where the object is."""
+    if seen is None:
+        return []
+    m = max(2.0, SEEN_MARGIN_M / gsd)
+    return [_grow(b, m) for b in np.asarray(seen, float).reshape(-1, 4)]
+
+
+def unlabelled(seen: np.ndarray | None, labelled: list[np.ndarray]) -> np.ndarray:
+    """The detections (``xyxy``) that are of no labelled box: those whose overlap with every label covers
+    less than half of the smaller of the two boxes (a detection of a labelled object, even a loose one,
+    covers most of it or most of the label)."""
+    if seen is None or not len(seen):
+        return np.zeros((0, 4))
+    d = np.asarray(seen, float).reshape(-1, 4)
+    if not labelled:
+        return d
+    lab = np.asarray(labelled, float).reshape(-1, 4)
+    lo = np.maximum(d[:, None, :2], lab[None, :, :2])
+    hi = np.minimum(d[:, None, 2:], lab[None, :, 2:])
+    inter = np.prod(np.clip(hi - lo, 0, None), axis=-1)
+    area_d = np.prod(d[:, 2:] - d[:, :2], axis=1)
+    area_l = np.prod(lab[:, 2:] - lab[:, :2], axis=1)
+    smaller = np.maximum(np.minimum(area_d[:, None], area_l[None, :]), 1e-9)
+    return d[~(inter / smaller >= 0.5).any(axis=1)]
+
+
+def _cover(
+    img: np.ndarray, box: np.ndarray, occupied: list[np.ndarray], rng: np.random.Generator
+) -> np.ndarray | None:
+    """Cover ``box`` (pixels, with a margin already) with nearby background holding nothing of
+    ``occupied`` (labelled objects and the model's detections on date A); returns the box the patch was
+    taken from, or ``None`` when no such patch was found (``img`` untouched)."""
     x0, y0, x1, y1 = (int(round(v)) for v in box)
     x0, y0 = max(x0, 0), max(y0, 0)
     x1, y1 = min(x1, img.shape[1]), min(y1, img.shape[0])
     w, h = x1 - x0, y1 - y0
     if w < 4 or h < 4:
-        return False
+        return None
     for radius in (1.2, 1.6, 2.2, 3.0, 4.0):
         for _ in range(40):
             ang = rng.uniform(0, 2 * math.pi)
@@ -309,8 +348,8 @@ def _cover(img: np.ndarray, box: np.ndarray, occupied: list[np.ndarray], rng: np
             if _overlaps(_grow(src, 2), occupied):
                 continue
             _blend(img, img[sy : sy + h, sx : sx + w].copy(), x0, y0, margin=max(2, min(w, h) // 5))
-            return True
-    return False
+            return src
+    return None
 
 
 def _crop(src: Source, obj: Obj, scale: float) -> tuple[np.ndarray, np.ndarray]:
@@ -349,6 +388,8 @@ class Pair:
     shift: np.ndarray  # true misregistration of B (east, north), metres
     truth: list[dict] = field(default_factory=list)  # {cls, status, xy (A CRS), length}
     common_px: object = None  # shapely, A pixels
+    covers: list[np.ndarray] = field(default_factory=list)  # boxes (A pixels) cover patches came from
+    pastes: list[np.ndarray] = field(default_factory=list)  # boxes (A pixels) of the pasted crops
 
 
 def _to_crs(px: np.ndarray, gsd: float) -> np.ndarray:
@@ -372,12 +413,20 @@ def build_pair(
     rng: np.random.Generator,
     paste: str = "poisson",
     crops: Path | None = None,
+    seen: np.ndarray | None = None,
+    a_path: Path | None = None,
 ) -> Pair:
-    import rasterio
+    """Date B of one pair (and date A, unless ``a_path`` already holds it: see :func:`write_date_a`).
+
+    ``seen``: the model's detections on date A (``xyxy``, A pixels, at the low threshold). Cover patches and
+    pastes keep off them as they keep off labelled objects (:func:`seen_boxes`), so that a cover does not
+    bring an unlabelled object (a container, a truck) over a departure and a paste does not land on one;
+    those that are of no labelled object (:func:`unlabelled`) also keep a removed object from being chosen
+    next to them. Without ``seen`` only the labels count as occupied.
+    """
     import shapely
     from affine import Affine
     from PIL import Image
-    from rasterio.crs import CRS
 
     img = src.image.copy()
     rows, cols = img.shape[:2]
@@ -402,6 +451,9 @@ def build_pair(
     boxes = [o.box for o in objs] + [
         np.concatenate([p.min(0), p.max(0)]) for p in getattr(src, "ignored", [])
     ]
+    seen_grown = seen_boxes(seen, g)
+    occupied = boxes + seen_grown
+    lonely = boxes + seen_boxes(unlabelled(seen, boxes), g)
     status = []
     for p in polys:
         if inner.covers(p):
@@ -413,7 +465,7 @@ def build_pair(
 
     def isolated(i: int) -> bool:
         grown = _grow(objs[i].box, 2 + 0.15 * max(objs[i].box[2:] - objs[i].box[:2]))
-        return not _overlaps(grown, [b for j, b in enumerate(boxes) if j != i])
+        return not _overlaps(grown, [b for j, b in enumerate(lonely) if j != i])
 
     candidates = [
         i for i, s in enumerate(status) if s == "stayed" and inner_deep.covers(polys[i]) and isolated(i)
@@ -421,13 +473,16 @@ def build_pair(
     rng.shuffle(candidates)
     removed: list[int] = []
     moved: list[int] = []
+    covers: list[np.ndarray] = []
     for i in candidates:
         if len(removed) >= n_remove and len(moved) >= n_move:
             break
         box = objs[i].box
         margin = 2 + 0.15 * max(box[2] - box[0], box[3] - box[1])
-        if not _cover(img, _grow(box, margin), boxes, rng):
+        took = _cover(img, _grow(box, margin), occupied, rng)
+        if took is None:
             continue
+        covers.append(took)
         if len(moved) < n_move and len(removed) >= n_remove // 2:
             moved.append(i)
         else:
@@ -451,7 +506,7 @@ def build_pair(
             obj_poly = poly + [int(x0), int(y0)]
             if not inner_deep.covers(shapely.Polygon(obj_poly)):
                 continue
-            if _overlaps(_grow(box, 2), boxes + placed):
+            if _overlaps(_grow(box, 2), occupied + placed):
                 continue
             c = obj_poly.mean(0)
             far = [o for o in origins if near is None or not np.allclose(o, near)]
@@ -530,32 +585,51 @@ def build_pair(
     ta = Affine(g, 0, ORIGIN[0], 0, -g, ORIGIN[1])
     tb = Affine(g * ratio, 0, ORIGIN[0] + x0 * g + e[0], 0, -g * ratio, ORIGIN[1] - y0 * g + e[1])
     stem = f"{Path(src.name).stem[:40]}_{k}"
-    a_path, b_path = out / f"{stem}_A.tif", out / f"{stem}_B.tif"
-    crs = CRS.from_epsg(CRS_EPSG)
-    for path, data, t, nodata in ((a_path, src.image, ta, None), (b_path, crop, tb, 0)):
-        with rasterio.open(
-            path,
-            "w",
-            driver="GTiff",
-            width=data.shape[1],
-            height=data.shape[0],
-            count=3,
-            dtype="uint8",
-            crs=crs,
-            transform=t,
-            nodata=nodata,
-            tiled=True,
-            blockxsize=256,
-            blockysize=256,
-            compress="deflate",
-        ) as dst:
-            dst.write(np.moveaxis(data, -1, 0))
+    b_path = out / f"{stem}_B.tif"
+    todo = [(b_path, crop, tb, 0)]
+    if a_path is None:
+        a_path = out / f"{stem}_A.tif"
+        todo.insert(0, (a_path, src.image, ta, None))
+    for path, data, t, nodata in todo:
+        _write_tif(path, data, t, nodata)
     for t in truth:
         t["xy"] = _to_crs(t["poly"].mean(0), g)
         t["length"] = float(np.max(np.ptp(t["poly"], axis=0))) * g
         if "to" in t:
             t["xy_to"] = _to_crs(t["to"].mean(0), g)
-    return Pair(stem, a_path, b_path, g, g * ratio, e, truth, common)
+    return Pair(stem, a_path, b_path, g, g * ratio, e, truth, common, covers, placed)
+
+
+def write_date_a(src: Source, out: Path, k: int) -> Path:
+    """Date A of ``src`` (its own pixels on the synthetic grid), the same for every pair made from it."""
+    from affine import Affine
+
+    path = out / f"{Path(src.name).stem[:40]}_{k}_A.tif"
+    _write_tif(path, src.image, Affine(src.gsd, 0, ORIGIN[0], 0, -src.gsd, ORIGIN[1]), None)
+    return path
+
+
+def _write_tif(path: Path, data: np.ndarray, t: object, nodata: float | None) -> None:
+    import rasterio
+    from rasterio.crs import CRS
+
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=data.shape[1],
+        height=data.shape[0],
+        count=3,
+        dtype="uint8",
+        crs=CRS.from_epsg(CRS_EPSG),
+        transform=t,
+        nodata=nodata,
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+        compress="deflate",
+    ) as dst:
+        dst.write(np.moveaxis(data, -1, 0))
 
 
 def _write_crops(folder: Path, stem: str, img: np.ndarray, pasted: list[tuple]) -> None:
@@ -700,6 +774,9 @@ def run_set(
     move_radius = cfg.move_radius_m  # type: ignore[attr-defined]
     k = 0
     for src in sources:
+        # date A is the same for every pair of this scene: written and run through the model once, before
+        # any B is built, so that B's covers and pastes keep off what the model sees on A
+        a = ch.load_date(write_date_a(src, work, k), detector)
         for v in range(variants):
             shift = shifts[k % len(shifts)]
             pair = build_pair(
@@ -717,9 +794,10 @@ def run_set(
                 rng=rng,
                 paste=paste,
                 crops=None if crops is None else crops / name,
+                seen=a.dets.xyxy,
+                a_path=Path(a.path),
             )
             k += 1
-            a = ch.load_date(pair.a_path, detector)
             b = ch.load_date(pair.b_path, detector)
             changes = ch.compare(
                 a.dets,
@@ -768,7 +846,8 @@ def _section(results: dict) -> str:
     lines.append("")
     lines.append(
         "Each pair is one labelled scene (date A) and a copy of it (date B) with objects removed (covered with "
-        "nearby background of the same scene), objects pasted in from other scenes of the set "
+        "nearby background of the same scene holding no labelled object and no detection of the model on "
+        "date A), objects pasted in from other scenes of the set "
         f"(`--paste {results['paste']}`), one or two "
         "objects moved 12-25 m, changed radiometry, an offset extent (partial overlap), a nodata hole in every "
         "other pair and a **misregistered** georeferencing; see the script's docstring. Recall counts a "

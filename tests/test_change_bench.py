@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -100,8 +101,6 @@ def test_a_crop_too_small_for_the_solver_is_left_to_the_box_paste() -> None:
 
 
 def test_scoring_keeps_each_labelled_changes_scores_and_counts_unexplained_records() -> None:
-    from types import SimpleNamespace
-
     poly = np.array([[0, 0], [40, 0], [40, 20], [0, 20]], float)  # 40 px = 4 m at 0.1 m
     truth = [
         {"cls": "small-vehicle", "status": "departed", "xy": np.array([100.0, 50.0]), "length": 4.0},
@@ -129,3 +128,197 @@ def test_scoring_keeps_each_labelled_changes_scores_and_counts_unexplained_recor
     table = {r["class"]: r for r in cb.aggregate(rows, ["small-vehicle"])}
     assert table["all"]["departed"] == (1, 1) and table["all"]["arrived"] == (0, 1)
     assert table["all"]["spurious"] == 1
+
+
+# ----------------------------------------------------------------------------------------------------------
+# covers and pastes keep off what the model sees on date A, labelled or not
+# ----------------------------------------------------------------------------------------------------------
+
+GSD = 0.5
+CONTAINER = np.array([150.0, 150.0, 250.0, 250.0])  # an unlabelled red block at the scene's centre
+
+
+def _vehicle(cx: float, cy: float, w: float = 24, h: float = 12) -> np.ndarray:
+    return np.array(
+        [
+            [cx - w / 2, cy - h / 2],
+            [cx + w / 2, cy - h / 2],
+            [cx + w / 2, cy + h / 2],
+            [cx - w / 2, cy + h / 2],
+        ]
+    )
+
+
+def _site(rng: np.random.Generator) -> cb.Source:
+    """400x400 px at 0.5 m: grey ground, dark labelled vehicles around an unlabelled red container."""
+    img = np.clip(rng.normal(130, 10, (400, 400, 3)), 0, 255).astype(np.uint8)
+    x0, y0, x1, y1 = CONTAINER.astype(int)
+    img[y0:y1, x0:x1] = (230, 20, 20)
+    centres = [(200, 120), (200, 280), (120, 200), (280, 200), (120, 120), (280, 280), (80, 300), (300, 80)]
+    objs = []
+    for cx, cy in centres:
+        poly = _vehicle(cx, cy)
+        img[int(cy - 6) : int(cy + 6), int(cx - 12) : int(cx + 12)] = 60
+        objs.append(cb.Obj("small-vehicle", poly))
+    return cb.Source("site.png", img, GSD, objs, "test")
+
+
+def _donor_scene(rng: np.random.Generator) -> cb.Source:
+    img = np.clip(rng.normal(150, 8, (200, 200, 3)), 0, 255).astype(np.uint8)
+    objs = []
+    for cx, cy in ((50, 50), (150, 50), (50, 150), (150, 150)):
+        img[cy - 6 : cy + 6, cx - 12 : cx + 12] = (40, 40, 90)
+        objs.append(cb.Obj("small-vehicle", _vehicle(cx, cy)))
+    return cb.Source("donor.png", img, GSD, objs, "test")
+
+
+def _red(img: np.ndarray) -> np.ndarray:
+    f = img.astype(int)
+    return (f[..., 0] > 120) & (f[..., 0] - f[..., 1] > 80) & (f[..., 0] - f[..., 2] > 80)
+
+
+def _build(seed: int, seen: np.ndarray | None, tmp: Path) -> cb.Pair:
+    rng = np.random.default_rng(seed)
+    src, donor = _site(np.random.default_rng(100)), _donor_scene(np.random.default_rng(101))
+    return cb.build_pair(
+        src,
+        [src, donor],
+        tmp,
+        seed,
+        shift_m=2.0,
+        n_remove=3,
+        n_paste=3,
+        n_move=1,
+        move_radius_m=5.0,
+        coarser=False,
+        hole=False,
+        rng=rng,
+        seen=seen,
+    )
+
+
+def test_detections_of_no_label_are_the_unlabelled_ones() -> None:
+    labels = [np.array([100.0, 100.0, 124.0, 112.0])]
+    seen = np.array(
+        [[98.0, 97.0, 127.0, 115.0], [101.0, 101.0, 112.0, 111.0], CONTAINER, [120.0, 90.0, 160.0, 130.0]]
+    )
+    got = cb.unlabelled(seen, labels)
+    # a loose box around the label and a box on half of it are of the label; the container and a box
+    # that only grazes the label are not
+    assert np.array_equal(got, seen[2:])
+    assert np.array_equal(cb.unlabelled(seen, []), seen)
+    assert cb.unlabelled(None, labels).shape == (0, 4)
+    grown = cb.seen_boxes(seen[2:3], GSD)[0]
+    assert np.allclose(grown, CONTAINER + [-2, -2, 2, 2])  # 1 m at 0.5 m is 2 px
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_no_cover_or_paste_takes_from_or_lands_on_an_unlabelled_detection(seed: int, tmp_path: Path) -> None:
+    import rasterio
+
+    seen = np.array([CONTAINER])  # what the model reports on A that no label explains
+    pair = _build(seed, seen, tmp_path)
+    statuses = [t["status"] for t in pair.truth]
+    assert statuses.count("departed") + statuses.count("moved") >= 1 and pair.covers
+    assert statuses.count("arrived") >= 1 and pair.pastes
+    keep_off = [cb._grow(CONTAINER, 2)]
+    for box in pair.covers + pair.pastes:
+        assert not cb._overlaps(box, keep_off), (box, CONTAINER)
+    # in B's pixels the container is neither copied elsewhere nor pasted over: as many red pixels as on A
+    with rasterio.open(pair.b_path) as ds:
+        b = np.moveaxis(ds.read(), 0, -1)
+    area = int(np.prod(CONTAINER[2:] - CONTAINER[:2]))
+    assert abs(int(_red(b).sum()) - area) <= 0.01 * area
+
+
+def test_without_the_detections_covers_or_pastes_do_land_on_it(tmp_path: Path) -> None:
+    """The test above can fail: with only the labels as occupied ground, some seed takes a cover from the
+    container or pastes onto it."""
+    keep_off = [cb._grow(CONTAINER, 2)]
+    hits = 0
+    for seed in range(6):
+        pair = _build(seed, None, tmp_path)
+        hits += any(cb._overlaps(box, keep_off) for box in pair.covers + pair.pastes)
+    assert hits >= 1
+
+
+class _BlobDetector:
+    """A stand-in for ``Detector``: reports every red blob (the unlabelled container) and every dark blob
+    (a vehicle) of a GeoTIFF as a detection, in that file's pixels. Counts the files it is given."""
+
+    meta = SimpleNamespace(name="blobs")
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def predict(self, path: str, **_: object) -> object:
+        import rasterio
+        from scipy import ndimage
+
+        from detector.detections import Detections
+
+        self.calls.append(Path(path).name)
+        with rasterio.open(path) as ds:
+            img = np.moveaxis(ds.read(), 0, -1)
+            crs, transform, gsd = ds.crs, ds.transform, abs(ds.transform.a)
+        valid = img.max(-1) > 0
+        grey = img.astype(float).mean(-1)
+        dark = valid & (grey < 0.7 * np.median(grey[valid]))
+        boxes, names = [], []
+        for mask, cls in ((_red(img), "large-vehicle"), (dark & ~_red(img), "small-vehicle")):
+            lab, _ = ndimage.label(mask)
+            for sl in ndimage.find_objects(lab):
+                if (sl[0].stop - sl[0].start) * (sl[1].stop - sl[1].start) >= 40:
+                    boxes.append([sl[1].start, sl[0].start, sl[1].stop, sl[0].stop])
+                    names.append(cls)
+        classes = ("small-vehicle", "large-vehicle")
+        return Detections(
+            np.asarray(boxes, float).reshape(-1, 4),
+            np.full(len(boxes), 0.9),
+            np.array([classes.index(n) for n in names], int),
+            classes,
+            crs=crs,
+            transform=transform,
+            gsd=gsd,
+            source=str(path),
+            meta={"width": img.shape[1], "height": img.shape[0]},
+        )
+
+
+def test_the_bench_runs_date_a_through_the_model_first_and_keeps_off_its_detections(tmp_path: Path) -> None:
+    from detector import change as ch
+
+    src, donor = _site(np.random.default_rng(100)), _donor_scene(np.random.default_rng(101))
+    det = _BlobDetector()
+    seen_by_build: list[np.ndarray] = []
+    build = cb.build_pair
+
+    def spy(*args: object, **kw: object) -> cb.Pair:
+        seen_by_build.append(np.asarray(kw["seen"]))
+        return build(*args, **kw)
+
+    cfg = ch.ChangeConfig()  # the CLI defaults: --move-radius 30 m, so the 12-25 m moves are moves
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cb, "build_pair", spy)
+        rows, info = cb.run_set(
+            "test",
+            [src, donor],
+            det,
+            tmp_path,
+            shifts=[2.0],
+            variants=2,
+            counts=(3, 3, 1),
+            cfg=cfg,
+            allow_gsd_change=False,
+            paste="poisson",
+            seed=0,
+            keep=[],
+        )
+    # date A once per scene, before its pairs; then one B per pair
+    assert [c.endswith("_A.tif") for c in det.calls] == [True, False, False] * 2
+    # the builder got what the model saw on A, the container among it
+    assert any(np.allclose(s, CONTAINER) for s in seen_by_build[0])
+    # nothing unexplained: the container is neither copied by a cover nor pasted over
+    table = {r["class"]: r for r in cb.aggregate(rows, ["small-vehicle", "large-vehicle"])}
+    assert table["all"]["spurious"] == 0, [r for r in rows if r["truth"] is None]
+    assert table["all"]["departed"][1] >= 2 and table["all"]["arrived"][1] >= 2
