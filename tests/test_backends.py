@@ -334,6 +334,14 @@ def test_predict_cli_with_tile(obb_onnx, shared_data, tmp_path):
     assert dets.meta["tile"] == 192 and dets.meta["tiles"] == 6 and len(dets) == len(features)
     fixed = Detector.load(obb_onnx, threads=2).predict(scene, tile=TileConfig(tile=160, grow=1.0))
     assert fixed.meta["tile"] == 160 and fixed.meta["tiles"] == 9
+    r = runner.invoke(
+        cli.cli, [*args, "--tile", "160", "--tile-grow", "1", "-o", str(tmp_path / "plain"), "-f", "geojson"]
+    )
+    assert r.exit_code == 0, r.output
+    plain = json.loads((tmp_path / "plain" / "chip.px.geojson").read_text())["features"]
+    assert len(plain) == len(fixed)
+    r = runner.invoke(cli.cli, [*args, "--tile-grow", "3"])
+    assert r.exit_code == 2 and "--tile-grow" in r.output
     r = runner.invoke(cli.cli, [*args, "--tile", "100"])
     assert r.exit_code == 2 and "100 is not a multiple of 32" in r.output and "try 96 or 128" in r.output
 

@@ -20,6 +20,7 @@ from detector.cli.options import (
     tile_options,
     weights_option,
 )
+from detector.tiling import MAX_GROW
 from detector.writers import COLLECTION_FORMATS
 
 #: Exit status of a batch where a scene failed, and of an interrupted one.
@@ -62,6 +63,13 @@ EXIT_INTERRUPTED = 130
 @bands_option
 @gsd_option
 @click.option("--no-resample", is_flag=True, help="Do not resample scenes to the model's training GSD.")
+@click.option(
+    "--tile-grow",
+    type=click.FloatRange(1.0, MAX_GROW),
+    default=None,
+    help="Balanced grid: tiles may grow up to this times the tile size when the scene then needs fewer model "
+    "pixels (models that run any tile size; default 1.25; 1 keeps the plain grid).",
+)
 @click.option(
     "--force-resolution",
     is_flag=True,
@@ -140,6 +148,7 @@ def predict(
     bands: tuple[int, ...] | None,
     gsd: float | None,
     no_resample: bool,
+    tile_grow: float | None,
     force_resolution: bool,
     cross_class_iou: float,
     size_classes: bool,
@@ -186,7 +195,11 @@ def predict(
     config = batch_mod.BatchConfig(
         formats=tuple(formats),
         tile=TileConfig(
-            tile=tile, overlap=0.2 if overlap is None else overlap, batch=batch, resample=not no_resample
+            tile=tile,
+            overlap=0.2 if overlap is None else overlap,
+            batch=batch,
+            resample=not no_resample,
+            grow=TileConfig.grow if tile_grow is None else tile_grow,
         ),
         classes=None if classes is None else tuple(classes),
         bands=bands,
