@@ -141,24 +141,27 @@ def test_unresolved_objects_are_painted_gray_in_the_chips(tmp_path: Path):
     assert len((out / "labels/train" / "s__scene__s100_0_0.txt").read_text().splitlines()) == 1
 
 
+def _yolo_seg_scene(tmp_path: Path, side: int, labels: str, name: str, names: list[str]) -> dict:
+    """A black ``side`` px image with YOLO polygon ``labels``; the ``read_dataset`` spec that reads it."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    Image.fromarray(np.zeros((side, side, 3), np.uint8)).save(tmp_path / "images" / "t.png")
+    (tmp_path / "labels" / "t.txt").write_text(labels)
+    return {"format": "yolo_seg", "name": name, "path": "images", "labels": "labels", "names": names}
+
+
 def test_helicopter_box_rotor_disc_turns_fuselage_labels_into_discs(tmp_path: Path):
     from detector.labels import read_dataset
     from detector.labels.types import ROTOR_K
 
-    (tmp_path / "images").mkdir()
-    (tmp_path / "labels").mkdir()
-    Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(tmp_path / "images" / "t.png")
     # a 40 x 10 px helicopter fuselage (class 0) and a 20 x 10 px car (class 1), normalised polygons
-    (tmp_path / "labels" / "t.txt").write_text(
-        "0 0.30 0.45 0.70 0.45 0.70 0.55 0.30 0.55\n1 0.10 0.10 0.30 0.10 0.30 0.20 0.10 0.20\n"
+    spec = _yolo_seg_scene(
+        tmp_path,
+        100,
+        "0 0.30 0.45 0.70 0.45 0.70 0.55 0.30 0.55\n1 0.10 0.10 0.30 0.10 0.30 0.20 0.10 0.20\n",
+        "t",
+        ["helicopter", "car"],
     )
-    spec = {
-        "format": "yolo_seg",
-        "name": "t",
-        "path": "images",
-        "labels": "labels",
-        "names": ["helicopter", "car"],
-    }
     plain = read_dataset(spec, root=tmp_path, taxonomy=None)[0].annotations
     disc = read_dataset({**spec, "helicopter_box": "rotor_disc"}, root=tmp_path, taxonomy=None)[0].annotations
     np.testing.assert_allclose(disc[1].polygon, plain[1].polygon)  # other classes untouched
@@ -225,8 +228,9 @@ def _airliner(theta_deg: float, centre=(200.0, 200.0)) -> np.ndarray:
 
 @pytest.mark.parametrize("theta", [0.0, 17.0, 45.0, 100.0, 160.0])
 def test_aircraft_axis_rect_follows_the_fuselage(theta: float):
-    from detector.geometry import box_iou_xyxy, object_boxes
+    from detector.geometry import box_iou_xyxy
     from detector.labels.types import aircraft_axis_rect, min_area_rect, rect_axes
+    from training.angles import cross_box
 
     outline = _airliner(theta)
     rect, symmetry = aircraft_axis_rect(outline)
@@ -236,13 +240,9 @@ def test_aircraft_axis_rect_follows_the_fuselage(theta: float):
     assert min(abs(found - theta % 90), 90 - abs(found - theta % 90)) <= 1.5
     assert sorted([length, width]) == pytest.approx([38.0, 41.0], abs=1.0)
 
-    def box_of(r: np.ndarray) -> np.ndarray:
-        c, ln, wd, ax = rect_axes(r)
-        return object_boxes(np.array([[*c, ln, wd, np.arctan2(ax[1], ax[0])]]), np.array(["cross"]))[0]
-
     truth = np.r_[outline.min(axis=0), outline.max(axis=0)]
-    iou_axis = box_iou_xyxy(truth[None], box_of(rect)[None])[0, 0]
-    iou_min = box_iou_xyxy(truth[None], box_of(min_area_rect(outline))[None])[0, 0]
+    iou_axis = box_iou_xyxy(truth[None], cross_box(rect)[None])[0, 0]
+    iou_min = box_iou_xyxy(truth[None], cross_box(min_area_rect(outline))[None])[0, 0]
     assert iou_axis >= 0.65  # the cross rule puts the wing tips abeam the centre: swept wings cost IoU at 45°
     if theta == 0.0:  # the minimum-area rectangle of this outline is tilted ~40° off the fuselage
         assert iou_axis > 0.95 > 0.8 > iou_min
@@ -251,18 +251,9 @@ def test_aircraft_axis_rect_follows_the_fuselage(theta: float):
 def test_aircraft_box_axis_relabels_polygon_aircraft_only(tmp_path: Path):
     from detector.labels import LabelError, read_dataset
 
-    (tmp_path / "images").mkdir()
-    (tmp_path / "labels").mkdir()
-    Image.fromarray(np.zeros((400, 400, 3), np.uint8)).save(tmp_path / "images" / "t.png")
     plane = " ".join(f"{v / 400:.6f}" for v in _airliner(30.0).ravel())
-    (tmp_path / "labels" / "t.txt").write_text(f"0 {plane}\n1 0.10 0.10 0.30 0.10 0.30 0.20 0.10 0.20\n")
-    spec = {
-        "format": "yolo_seg",
-        "name": "isaid",
-        "path": "images",
-        "labels": "labels",
-        "names": ["plane", "small-vehicle"],
-    }
+    labels = f"0 {plane}\n1 0.10 0.10 0.30 0.10 0.30 0.20 0.10 0.20\n"
+    spec = _yolo_seg_scene(tmp_path, 400, labels, "isaid", ["plane", "small-vehicle"])
     from detector.taxonomy import load_taxonomy
 
     tax = load_taxonomy()

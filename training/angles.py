@@ -238,6 +238,16 @@ def measure(
     return report
 
 
+def cross_box(rect: np.ndarray) -> np.ndarray:
+    """The aircraft box ``(4,)`` a rotated model's rectangle ``(4, 2)`` stands for: the box of its centre lines
+    (:func:`detector.geometry.object_boxes`, ``"cross"``)."""
+    from detector.labels.types import rect_axes
+
+    c, length, width, axis = rect_axes(rect)
+    xywhr = np.array([[c[0], c[1], length, width, np.arctan2(axis[1], axis[0])]])
+    return object_boxes(xywhr, np.array(["cross"]))[0]
+
+
 def axis_check(images: Sequence[LabeledImage], classes: Sequence[str] = ("aircraft",)) -> dict[str, Any]:
     """How well each rectangle convention of polygon-traced aircraft gives back the aircraft's own box.
 
@@ -248,12 +258,7 @@ def axis_check(images: Sequence[LabeledImage], classes: Sequence[str] = ("aircra
     of its symmetry-axis rectangle (:func:`detector.labels.types.aircraft_axis_rect`); medians and the shares
     below 0.5 (all, and objects not cut by the image edge).
     """
-    from detector.labels.types import aircraft_axis_rect, rect_axes
-
-    def cross_box(rect: np.ndarray) -> np.ndarray:
-        c, length, width, axis = rect_axes(rect)
-        xywhr = np.array([[c[0], c[1], length, width, np.arctan2(axis[1], axis[0])]])
-        return object_boxes(xywhr, np.array(["cross"]))[0]
+    from detector.labels.types import aircraft_axis_rect
 
     rows = []
     for img in images:

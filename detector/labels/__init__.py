@@ -28,6 +28,7 @@ See :mod:`detector.labels.types` for the coordinate contract.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -148,17 +149,15 @@ def read_dataset(
     else:
         tax = taxonomy  # type: ignore[assignment]
     keep = _include(spec["include"], resolve, where) if spec.get("include") is not None else None
+    relabel = []  # checked before the (slow) read, applied after it
+    for key, (value, rule) in _BOX_RULES.items():
+        if spec.get(key) is not None:
+            if spec[key] != value:
+                raise LabelError(f"{where}: {key} must be {value}, got {spec[key]!r}")
+            relabel.append(rule)
     images = _read(spec, fmt, tax, gsd, on_error, resolve, where)
-    box = spec.get("helicopter_box")
-    if box is not None:
-        if box != "rotor_disc":
-            raise LabelError(f"{where}: helicopter_box must be rotor_disc, got {box!r}")
-        images = [_rotor_discs(im) for im in images]
-    box = spec.get("aircraft_box")
-    if box is not None:
-        if box != "axis":
-            raise LabelError(f"{where}: aircraft_box must be axis, got {box!r}")
-        images = [_aircraft_axes(im) for im in images]
+    for rule in relabel:
+        images = [rule(im) for im in images]
     if keep is None:
         return images
     missing = sorted(keep - {im.image.name for im in images})
@@ -203,6 +202,13 @@ def _aircraft_axes(img: LabeledImage) -> LabeledImage:
         return replace(a, polygon=rect, rotated=True, attrs={**a.attrs, "axis_symmetry": round(symmetry, 3)})
 
     return replace(img, annotations=[axis(a) for a in img.annotations])
+
+
+#: Spec keys that redraw one class's labels: key -> (its one accepted value, the per-image rule).
+_BOX_RULES: dict[str, tuple[str, Callable[[LabeledImage], LabeledImage]]] = {
+    "helicopter_box": ("rotor_disc", _rotor_discs),
+    "aircraft_box": ("axis", _aircraft_axes),
+}
 
 
 def _read(
