@@ -499,16 +499,18 @@ def render(s: Any, r: dict[str, Any]) -> str:
             + ": an overlap at least that long puts every object whole into some tile.",
             "",
         ]
-        head = ["tile px", "overlap px", "tiles", "seconds", "MP/s", "mAP50"]
+        head = ["tile px", "overlap px", "grid", "tiles", "seconds", "MP/s", "mAP50"]
         rows = []
         for x in sweep["rows"].values():
             mp = x["width"] * x["height"] / 1e6
-            mark = x["tile"] == s.tile and x["overlap_px"] == s.overlap_px
+            grid = x.get("grid", "balanced grid")
+            mark = x["tile"] == s.tile and x["overlap_px"] == s.overlap_px and grid == "balanced grid"
             rows.append(
                 [
                     f"**{x['tile']}**" if mark else str(x["tile"]),
                     f"**{x['overlap_px']}**" if mark else str(x["overlap_px"]),
-                    str(x["tiles_run"]),
+                    f"**{grid}**" if mark else grid,
+                    f"{x['tiles_run']} x {x['tile_size']} px" if x.get("tile_size", -1) > 0 else str(x["tiles_run"]),
                     fmt_s(x["median"]),
                     f"{mp / x['median']:.2f}",
                     _ap(x.get("map50")),

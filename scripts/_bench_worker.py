@@ -104,7 +104,8 @@ def run_ours(job: dict[str, Any]) -> dict[str, Any]:
     det = Detector.load(job["weights"], conf=job["conf"], runtime=runtime)
     load_s = time.perf_counter() - t0
     rss_load = rss_bytes()
-    cfg = TileConfig(tile=job["tile"], overlap=job["overlap"], batch=job["batch"])
+    grow = {} if job.get("grow") is None else {"grow": float(job["grow"])}
+    cfg = TileConfig(tile=job["tile"], overlap=job["overlap"], batch=job["batch"], **grow)
     scene = job["scene"]
     t0 = time.perf_counter()
     det.predict(scene, tile=cfg)

@@ -538,40 +538,43 @@ def section_t(s: Settings, scenes: list[BenchScene], spec: dict[str, Any]) -> di
     dets_dir = s.cache / "detections"
     dets_dir.mkdir(parents=True, exist_ok=True)
     rows: dict[str, Any] = {}
-    for tile in SWEEP_TILES:
-        for overlap in SWEEP_OVERLAPS:
-            key = f"{tile}-{overlap}"
-            log(f"tiling sweep: tile {tile} px, overlap {overlap} px on {head.name}")
-            r = run_worker(
-                {
-                    "kind": "ours",
-                    "weights": str(s.onnx),
-                    "scene": str(head.path),
-                    "tile": tile,
-                    "overlap": overlap,
-                    "batch": s.batch,
-                    "repeats": SWEEP_REPEATS,
-                    "conf": s.conf,
-                    "ap_conf": s.ap_conf,
-                    "save_ap": str(dets_dir / f"sweep-{key}.ap.npz"),
-                },
-                f"t-sweep-{key}",
-                s.cache,
-                s.timeout,
-            )
-            if s.ap_conf is not None:
-                ev = evaluate_detections(
-                    [head.labels],
-                    [load_npz(dets_dir / f"sweep-{key}.ap.npz")],
-                    classes=spec.get("classes"),
-                    iou_type=spec["iou_type"],
-                    conf=s.conf,
-                    name=head.name,
-                ).to_dict()
-                r["map50"] = ev.get("map50")
-                r["ap50"] = {n: (c.get("ap50") or {}).get("all") for n, c in ev.get("classes", {}).items()}
-            rows[key] = {**r, "tile": tile, "overlap_px": overlap}
-            log(f"    {fmt_s(r['median'])} s, {r['tiles_run']} tiles, mAP50 {r.get('map50')}")
+    # every tile size and overlap on the balanced grid (the default), plus the plain grid (grow 1) at the default
+    settings = [(t, o, None) for t in SWEEP_TILES for o in SWEEP_OVERLAPS] + [(s.tile, s.overlap_px, 1.0)]
+    for tile, overlap, grow in settings:
+        key = f"{tile}-{overlap}" + ("-plain" if grow == 1.0 else "")
+        grid = "plain grid" if grow == 1.0 else "balanced grid"
+        log(f"tiling sweep: tile {tile} px, overlap {overlap} px, {grid} on {head.name}")
+        r = run_worker(
+            {
+                "kind": "ours",
+                "weights": str(s.onnx),
+                "scene": str(head.path),
+                "tile": tile,
+                "overlap": overlap,
+                "grow": grow,
+                "batch": s.batch,
+                "repeats": SWEEP_REPEATS,
+                "conf": s.conf,
+                "ap_conf": s.ap_conf,
+                "save_ap": str(dets_dir / f"sweep-{key}.ap.npz"),
+            },
+            f"t-sweep-{key}",
+            s.cache,
+            s.timeout,
+        )
+        if s.ap_conf is not None:
+            ev = evaluate_detections(
+                [head.labels],
+                [load_npz(dets_dir / f"sweep-{key}.ap.npz")],
+                classes=spec.get("classes"),
+                iou_type=spec["iou_type"],
+                conf=s.conf,
+                name=head.name,
+            ).to_dict()
+            r["map50"] = ev.get("map50")
+            r["ap50"] = {n: (c.get("ap50") or {}).get("all") for n, c in ev.get("classes", {}).items()}
+        rows[key] = {**r, "tile": tile, "overlap_px": overlap, "grid": grid}
+        log(f"    {fmt_s(r['median'])} s, {r['tiles_run']} tiles, mAP50 {r.get('map50')}")
     return {
         "scene": head.name,
         "largest_object_px": largest_object_px(head.labels),

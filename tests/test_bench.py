@@ -301,3 +301,19 @@ def test_direct_8bit_reads_match_the_band_first_path(tmp_path: Path, nodata: int
         np.testing.assert_array_equal(ok_f, ok_s)
     assert not fast[3][1].any()  # outside: all padding
     assert fast[0][1].all() == (nodata is None)  # the hole is invalid where 0 is nodata
+
+
+def test_ours_job_runs_the_plain_grid_when_asked(tmp_path: Path, shared_data: Path) -> None:
+    """The tiling sweep's plain-grid row (grow 1): an 1800 px scene (the demo chip repeated) tiles as 4 x 4 of
+    640 px on the plain grid and as 3 x 3 of 704 px on the default balanced grid."""
+    from PIL import Image
+
+    chip = np.asarray(Image.open(shared_data / "dota" / "demo" / "images" / f"{CHIP}.png").convert("RGB"))
+    scene = tmp_path / "scene.png"
+    Image.fromarray(np.tile(chip, (2, 2, 1))[:1800, :1800]).save(scene)
+    job = {"weights": str(ONNX), "scene": str(scene), "tile": 640, "overlap": 128, "batch": 8}
+    job |= {"repeats": 1, "conf": 0.25}
+    plain = worker.run_ours({**job, "grow": 1.0})
+    balanced = worker.run_ours({**job, "grow": None})
+    assert (plain["tiles_run"], plain["tile_size"]) == (16, 640)
+    assert (balanced["tiles_run"], balanced["tile_size"]) == (9, 704)
