@@ -5,7 +5,8 @@ The whole flow, top to bottom in :meth:`Detector.predict`:
     open the scene (band choice, one stretch per scene, nodata, GSD)       detector.raster
       -> refuse a scene far coarser than the model's GSD range (unless forced)  detector.tiling
       -> tile grid, resampled into the model's GSD range                   detector.tiling
-      -> read tiles window by window, batch them (skip all-nodata tiles)   a background thread reads ahead
+      -> read tiles window by window, batch them (skip all-nodata tiles)   a background thread reads ahead;
+         tiles per call: TileConfig.batch, else the backend's own (1 on the CPU, 8 on CUDA)
       -> predictor.predict_batch -> detections in tile pixels              detector.backends
       -> drop detections lying mostly on nodata, move to scene pixels, flag those cut by an inner tile edge
       -> (optional) one downscaled whole-scene tile for objects larger than a tile
@@ -37,7 +38,7 @@ import rasterio.env
 from rasterio.io import DatasetReaderBase
 from rasterio.windows import Window
 
-from detector.backends.base import ModelMeta, Predictor
+from detector.backends.base import ModelMeta, Predictor, preferred_batch
 from detector.detections import Detections
 from detector.errors import DetectorError, RasterError
 from detector.geometry import corners, with_object_boxes
@@ -205,7 +206,8 @@ class Detector:
                 RGB) or ``(channels, rows, cols)`` (band-first, as ``rasterio`` reads it) with 1 to 4 channels
                 and more than 4 rows and columns; any other shape is a ``RasterError`` (the rule is
                 :meth:`~detector.raster.Scene.from_array`'s).
-            tile: tiling (size, overlap, batch, resampling); default :class:`TileConfig()`.
+            tile: tiling (size, overlap, batch, resampling); default :class:`TileConfig()` (tiles per model
+                call: the backend's choice, :meth:`tiles_per_call`).
             classes: keep only these class names (default: all); ``aircraft`` keeps the classes split from it
                 by size too (``transport-aircraft``, ``small-aircraft``), which can also be asked for alone.
             bands: 1-based band indexes read as red, green, blue (or one band for gray).
@@ -307,10 +309,16 @@ class Detector:
         config = tile or TileConfig()
         with _gdal_cache(), _open(source, bands, gsd) as scene:
             plan = self.plan(scene, config, force=force)
-            parts = self._run_tiles(scene, plan, tiles, batch=config.batch, progress=progress)
+            parts = self._run_tiles(scene, plan, tiles, batch=self.tiles_per_call(config), progress=progress)
             if config.coarse and (tiles is None if coarse is None else coarse):
                 parts = self._add_coarse(scene, plan, config, parts)
             return parts
+
+    def tiles_per_call(self, tile: TileConfig | None = None) -> int:
+        """Tiles per model call for this tiling: ``tile.batch`` when set, else the predictor's
+        ``preferred_batch`` (onnxruntime / OpenVINO / PyTorch on the CPU: 1, on CUDA: 8), else 8 for a
+        predictor that does not say (:func:`detector.backends.base.preferred_batch`)."""
+        return preferred_batch(self.predictor, (tile or TileConfig()).batch)
 
     def plan(self, scene: Scene, tile: TileConfig | None = None, *, force: bool = False) -> TilePlan:
         """The tile plan of an open scene for this model (the same for every process that opens the scene).
@@ -338,13 +346,14 @@ class Detector:
             any_size=self._any_tile_size(),
         )
         logger.info(
-            "%s: %dx%d px, %d tiles of %d px (scale %.3g scene px per tile px)",
+            "%s: %dx%d px, %d tiles of %d px (scale %.3g scene px per tile px), %d per model call",
             scene.path,
             scene.width,
             scene.height,
             len(plan.windows),
             plan.size,
             plan.scale,
+            self.tiles_per_call(config),
         )
         return plan
 

@@ -51,7 +51,9 @@ class TileConfig:
             model's input size (``meta.imgsz``). Models exported before dynamic tile sizes accept only
             their ``imgsz``.
         overlap: overlap between neighbouring tiles: a fraction of the tile below 1, pixels from 1 up.
-        batch: tiles per model call.
+        batch: tiles per model call; ``None`` (the default) lets the model's backend choose
+            (``Predictor.preferred_batch``: 1 on the CPU, 8 on CUDA; see
+            :func:`detector.backends.base.preferred_batch`).
         resample: resample a scene whose GSD is known into the model's training GSD range (see the module
             docstring).
         fit: for models that run non-square tiles, fit the tile to a scene shorter than it along one axis (a
@@ -65,7 +67,7 @@ class TileConfig:
 
     tile: int | None = None
     overlap: float = 0.2
-    batch: int = 8
+    batch: int | None = None
     resample: bool = True
     fit: bool = True
     coarse: bool = False
@@ -84,8 +86,8 @@ class TileConfig:
             raise ValueError(
                 f"TileConfig.overlap must be >= 0 (fraction below 1, else pixels), got {self.overlap!r}"
             )
-        if int(self.batch) != self.batch or self.batch < 1:
-            raise ValueError(f"TileConfig.batch must be a positive integer, got {self.batch!r}")
+        if self.batch is not None and (int(self.batch) != self.batch or self.batch < 1):
+            raise ValueError(f"TileConfig.batch must be a positive integer or None, got {self.batch!r}")
         if not (1.0 <= self.grow <= MAX_GROW):
             raise ValueError(f"TileConfig.grow must be between 1.0 and {MAX_GROW}, got {self.grow!r}")
 

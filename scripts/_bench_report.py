@@ -182,7 +182,7 @@ def render(s: Any, r: dict[str, Any]) -> str:
         f"- **Tiling**: SAHI slices of {s.tile} px, overlap {_overlap(s)} (Ultralytics letterboxes a slice to the "
         "model's 640 px, so larger slices would be downscaled); ours: the default balanced grid (`TileConfig.grow`: "
         f"square tiles of {s.tile} px up to 1.25x that, whichever needs the fewest model pixels, overlap at least "
-        f"{_overlap(s)}; the (a) table's `tiles` column); our batch {s.batch} tiles per model call; operating confidence {s.conf} on both sides (SAHI's own default is 0.3); each tool's "
+        f"{_overlap(s)}; the (a) table's `tiles` column); ours {_batch_text(s, _batches_used(r))}; operating confidence {s.conf} on both sides (SAHI's own default is 0.3); each tool's "
         "own within-tile NMS defaults (ours IoU 0.6, Ultralytics 0.7).",
         f"- **Threads**: ours: onnxruntime intra-op {_threads_ours(r)}, inter-op 1, plus one read-ahead thread. "
         + (
@@ -357,33 +357,39 @@ def render(s: Any, r: dict[str, Any]) -> str:
     # ---- (b)
     if b and b["scenes"]:
         any_row = next(iter(b["scenes"].values()))
+        b_used = _batches_used(r, "b")
+        rest = "" if max(b_used, default=1) == 1 else "; full batches, the rest in one last batch"
         L += ["## (b) Pipeline overhead over the model-only floor", ""]
         L += [
             "The floor is bare `session.run` of the pipeline's own onnxruntime session (the same object, so the "
             f"same options: intra-op {any_row['intra_op_threads']}, inter-op {any_row['inter_op_threads']}, "
             f"{any_row['provider']}) on the pipeline's own tiles of the scene (its plan), input normalised before the clock "
-            f"starts, batched as the pipeline batches the scene's tiles (batches of {s.batch}, the rest in one "
-            f"last batch), measured in the same process right after the timed pipeline calls: median of "
+            f"starts, in the pipeline's own calls: {_batch_text(s, b_used)}{rest}; measured in the same process right after the timed pipeline calls: median of "
             f"{_calls(1 if s.quick else max(s.repeats, 3))} after one warm-up per batch size. `tiles x batch 1` is "
             "the floor without batching. Overhead = pipeline median / floor - 1: reading and decoding the image, "
             "normalisation, decoding the outputs, NMS, moving to scene pixels, merging.",
             "",
         ]
-        head = ["scene", "tiles", "batches", "ms per tile, batch 1", f"ms per tile, batch {s.batch}"]
+        # a column of its own for the pipeline's batch when it is not 1
+        batched = [n for n in b_used if n != 1]
+        head = ["scene", "tiles", "batches", "ms per tile, batch 1"]
+        head += [f"ms per tile, batch {'/'.join(map(str, batched))}"] if batched else []
         head += ["tiles x batch 1 s", "floor s", "pipeline s", "overhead"]
         rows = []
         for sc in scenes:
             x = b["scenes"].get(sc.name)
             if not x:
                 continue
-            pc = x["per_call"]
+            pc, n = x["per_call"], _row_batch(s, x)
             rows.append(
                 [
                     f"**{sc.name}**" if sc.headline else sc.name,
                     str(x["tiles"]),
                     "+".join(map(str, x["batches"])),
                     f"{pc[1] * 1000:.0f}",
-                    f"{pc[s.batch] / s.batch * 1000:.0f}" if s.batch in pc else "-",
+                ]
+                + ([f"{pc[n] / n * 1000:.0f}" if n in pc and n != 1 else "-"] if batched else [])
+                + [
                     fmt_s(x["floor_b1"]),
                     fmt_s(x["floor"]),
                     fmt_s(x["pipeline"]),
@@ -393,15 +399,23 @@ def render(s: Any, r: dict[str, Any]) -> str:
         L += [_table(head, rows), ""]
     # ---- (c)
     if c:
+        c_used = _batches_used(r, "c")
+        c_n = "/".join(map(str, c_used)) if c_used else "the backend's"
+        c_tiles = "1 blank tile" if c_used == [1] else f"a batch of {c_n} blank tiles"
+        tile_cfg = f"TileConfig(tile={s.tile}, overlap={s.overlap}, batch={s.batch})"
         L += ["## (c) Memory and throughput on large GeoTIFFs", ""]
         L += [
             "Generated 3-band uint8 GeoTIFFs, internally tiled 512 x 512, DEFLATE, textured with randomly placed, "
             f"rotated and flipped 512 px patches of {r.get('c_texture', EVAL_SET)} (cached in `{_rel(s.cache)}`, not "
-            f"committed). One fresh process per file: `Detector.load` (ONNX), one model call on a batch of "
-            f"{s.batch} blank tiles (first-call set-up, not timed), then one timed `Detector.predict(file, "
-            f"tile=TileConfig(tile={s.tile}, overlap={s.overlap}, batch={s.batch}))`. Peak = `ru_maxrss` of the whole process; "
+            f"committed). One fresh process per file: `Detector.load` (ONNX), one model call on {c_tiles} "
+            "(first-call set-up, not timed), then one timed `Detector.predict(file, "
+            f"tile={tile_cfg})`: {_batch_text(s, c_used)}. Peak = `ru_maxrss` of the whole process; "
             "`after load` = its RSS with the model loaded. onnxruntime's memory depends on the batch size, so "
-            "only sides with at least one full batch compare like for like.",
+            + (
+                "only sides with at least one full batch compare like for like."
+                if max(c_used, default=1) > 1
+                else "every side compares like for like here (every call holds one tile)."
+            ),
             "",
         ]
         head = [
@@ -450,7 +464,8 @@ def render(s: Any, r: dict[str, Any]) -> str:
             f"peaks are the timed run's (model included). The batch: {s.dask_batch} generated "
             f"{d['batch_side']} x {d['batch_side']} GeoTIFFs (as in (c), other seeds), one task per scene. The "
             f"split scene: a generated {d['split_side']} x {d['split_side']} GeoTIFF (as in (c)), split into blocks of "
-            f"{any_run['block_tiles']} tiles (scenes over {split_mp:g} MP are split), merged once in tile order.",
+            f"{any_run['block_tiles']} tiles (scenes over {split_mp:g} MP are split), merged once in tile order. "
+            f"Ours {_batch_text(s, _batches_used(r, 'd'))}.",
             "",
         ]
         head = [
@@ -510,7 +525,9 @@ def render(s: Any, r: dict[str, Any]) -> str:
                     f"**{x['tile']}**" if mark else str(x["tile"]),
                     f"**{x['overlap_px']}**" if mark else str(x["overlap_px"]),
                     f"**{grid}**" if mark else grid,
-                    f"{x['tiles_run']} x {x['tile_size']} px" if x.get("tile_size", -1) > 0 else str(x["tiles_run"]),
+                    f"{x['tiles_run']} x {x['tile_size']} px"
+                    if x.get("tile_size", -1) > 0
+                    else str(x["tiles_run"]),
                     fmt_s(x["median"]),
                     f"{mp / x['median']:.2f}",
                     _ap(x.get("map50")),
@@ -527,6 +544,48 @@ def _overlap(s: Any) -> str:
     if px is None:
         return str(s.overlap)
     return f"{px} px ({s.overlap_ratio:.3g} of the tile)"
+
+
+def _row_batch(s: Any, x: dict[str, Any]) -> int:
+    """The tiles per model call of one result (every job says; results of older runs fall back to
+    ``--batch``, else the 8 the pipeline used before it let the backend choose)."""
+    return int(x.get("batch") or getattr(s, "batch", None) or 8)
+
+
+def _batches_used(r: dict[str, Any], *sections: str) -> list[int]:
+    """The tiles per model call our jobs of ``sections`` (default: every section) actually used, sorted."""
+    found: list[Any] = []
+    for sec in sections or ("a", "b", "c", "d", "t"):
+        part = r.get(sec) or {}
+        if sec == "a":
+            found += [
+                row[k] for row in part.values() if isinstance(row, dict) for k in ("ours", "int8") if k in row
+            ]
+        elif sec == "b":
+            found += list((part.get("scenes") or {}).values())
+        elif sec == "c":
+            found += list(part.values())
+        elif sec == "d":
+            found += list((part.get("runs") or {}).values())
+        elif sec == "t":
+            found += list((part.get("rows") or {}).values())
+    return sorted({int(x["batch"]) for x in found if isinstance(x, dict) and x.get("batch")})
+
+
+def _batch_text(s: Any, used: list[int]) -> str:
+    """``"1 tile per model call, the backend's own choice (...)"`` (or ``"8 tiles per model call, as
+    `--batch 8` asks"``) for the report: ``used`` is what the jobs said they ran."""
+    forced = getattr(s, "batch", None)
+    how = (
+        f"as `--batch {forced}` asks"
+        if forced is not None
+        else "the backend's own choice (`TileConfig(batch=None)`: 1 on the CPU, 8 on CUDA)"
+    )
+    used = used or ([int(forced)] if forced is not None else [])
+    if not used:
+        return f"tiles per model call: {how}"
+    n = "/".join(map(str, used))
+    return f"{n} tile{'' if used == [1] else 's'} per model call, {how}"
 
 
 def _calls(n: int, what: str = "call") -> str:
@@ -610,10 +669,11 @@ def targets(s: Any, r: dict[str, Any]) -> list[str]:
         out.append(
             f"Peak RSS <= 1.5 GB on every generated scene: max {top / 2**30:.2f} GB, {mark(top <= MEMORY_TARGET)}."
         )
-        full = sorted((side for side, x in c.items() if x["tiles_run"] >= s.batch), key=int)
+        full = sorted((side for side, x in c.items() if x["tiles_run"] >= _row_batch(s, x)), key=int)
         if len(full) < len(peaks):
+            n = max(_row_batch(s, x) for x in c.values())
             out.append(
-                f"Sides with fewer than {s.batch} tiles (one partial batch) are left out of the flatness check: "
+                f"Sides with fewer than {n} tiles (one partial batch) are left out of the flatness check: "
                 f"{', '.join(str(x) for x in sorted(set(peaks) - set(full), key=int))}."
             )
         if len(full) > 1:

@@ -16,6 +16,9 @@ Job kinds (``job["kind"]``):
 * ``dask``: ``detector.distributed.predict_scenes`` on a local cluster of ``workers`` processes (a batch of
   scenes, or scenes split into blocks of tiles), with every worker's peak RSS.
 
+``job["batch"]`` is ``TileConfig.batch``: ``None`` lets the backend choose (1 on the CPU, 8 on CUDA); every
+result says the tiles per model call actually used (``"batch"``).
+
 For ``ours`` and ``sahi``, the peak RSS reported is the one reached by the end of the timed calls. After it, the
 ``ours`` job can measure the model-only floor (bare ``session.run`` of the predictor's own onnxruntime session
 on real tiles of the scene, batched as the pipeline batched them, input normalised before the clock starts),
@@ -129,10 +132,11 @@ def run_ours(job: dict[str, Any]) -> dict[str, Any]:
         "intra_op_threads": _ort_threads(det.predictor),
         "runtime": runtime,
         "tile_size": int(dets.meta.get("tile", -1)),
+        "batch": det.tiles_per_call(cfg),
     }
     if job.get("floor") and runtime == "onnxruntime":
         # the pipeline's batches of this scene (every tile holds valid pixels here), plus batch 1
-        n, b = out["tiles_run"], job["batch"]
+        n, b = out["tiles_run"], out["batch"]
         batches = [b] * (n // b) + ([n % b] if n % b else [])
         floor = measure_floor(det, scene, cfg, [1, *batches], job["floor_repeats"])
         out["floor"] = {
@@ -330,10 +334,9 @@ def run_memory(job: dict[str, Any]) -> dict[str, Any]:
     det = Detector.load(job["weights"], conf=job["conf"])
     rss_load = rss_bytes()
     s = det.meta.imgsz
-    det.predictor.predict_batch(
-        np.zeros((job["batch"], s, s, 3), np.uint8)
-    )  # first-call set-up out of the clock
     cfg = TileConfig(tile=job["tile"], overlap=job["overlap"], batch=job["batch"])
+    batch = det.tiles_per_call(cfg)
+    det.predictor.predict_batch(np.zeros((batch, s, s, 3), np.uint8))  # first-call set-up out of the clock
     t0 = time.perf_counter()
     dets = det.predict(job["scene"], tile=cfg)
     seconds = time.perf_counter() - t0
@@ -348,6 +351,7 @@ def run_memory(job: dict[str, Any]) -> dict[str, Any]:
         "rss_after_load": rss_load,
         "peak_rss": peak_rss_bytes(),
         "torch_imported": "torch" in sys.modules,
+        "batch": batch,
     }
 
 
@@ -355,12 +359,14 @@ def run_memory(job: dict[str, Any]) -> dict[str, Any]:
 # Dask
 
 
-def _warm_worker(spec: Any, batch: int) -> int:
-    """On a worker: load the model (cached per process, as the tasks load it) and run one blank batch."""
+def _warm_worker(spec: Any, tile: Any) -> dict[str, int]:
+    """On a worker: load the model (cached per process, as the tasks load it) and run one blank batch of the
+    tiles per call the tasks will use; ``{"pid": ..., "batch": ...}``."""
     det = spec.load()
     s = det.meta.imgsz
+    batch = det.tiles_per_call(tile)
     det.predictor.predict_batch(np.zeros((batch, s, s, 3), np.uint8))
-    return os.getpid()
+    return {"pid": os.getpid(), "batch": batch}
 
 
 def run_dask(job: dict[str, Any]) -> dict[str, Any]:
@@ -385,7 +391,7 @@ def run_dask(job: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     with dd.local_cluster(int(job["workers"])) as cluster, Client(cluster) as client:
         spec = dd.with_worker_threads(ModelSpec(weights=job["weights"], conf=job["conf"]), client)
-        pids = client.run(_warm_worker, spec, job["batch"])
+        warm = client.run(_warm_worker, spec, cfg.tile)
         start_s = time.perf_counter() - t0
         dd.reset_peak_rss(client)
         rss_ready = client.run(rss_bytes)
@@ -413,7 +419,8 @@ def run_dask(job: dict[str, Any]) -> dict[str, Any]:
         "pixels": sum(int(d.meta["width"]) * int(d.meta["height"]) for d in dets),
         "n_dets": sum(len(d) for d in dets),
         "threads_per_worker": spec.threads,
-        "worker_pids": list(pids.values()),
+        "worker_pids": [w["pid"] for w in warm.values()],
+        "batch": max(w["batch"] for w in warm.values()),
         "worker_rss_ready": rss_ready,
         "worker_peak_rss": peaks,
         "client_peak_rss": peak_rss_bytes(),

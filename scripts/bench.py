@@ -15,7 +15,8 @@ Sections:
     Seconds per scene, megapixels per second, peak RSS, and AP50 per class through :mod:`detector.evaluate`
     on the same labels for every side.
 (b) **Pipeline overhead** over the model-only floor: bare ``onnxruntime`` ``session.run`` time for the tiles
-    of each scene (the pipeline's own plan), batched as the pipeline batches them, with its session.
+    of each scene (the pipeline's own plan), in the pipeline's own calls (the tiles per call it used: the
+    backend's choice, 1 on the CPU, unless ``--batch``), with its session.
 (c) **Memory** of ``Detector.predict`` on generated, internally tiled, DEFLATE-compressed GeoTIFFs of
     growing size (5k and 10k px sides by default; real-imagery texture), in fresh processes.
 (d) **Dask** (``detector.distributed.predict_scenes``) with 1 and 2 local workers on a batch of generated
@@ -193,7 +194,7 @@ class Settings:
     int8: Path | None
     tile: int
     overlap: float
-    batch: int
+    batch: int | None
     conf: float
     ap_conf: float | None
     repeats: int
@@ -434,6 +435,7 @@ def section_b(s: Settings, scenes: list[BenchScene], timings: dict[str, Any]) ->
         n = ours["tiles_run"]
         rows[sc.name] = {
             "tiles": n,
+            "batch": ours.get("batch", s.batch),
             "batches": fl["batches"],
             "per_call": per_call,
             "floor_b1": n * per_call[1],
@@ -693,8 +695,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     p.add_argument(
         "--batch",
         type=int,
-        default=TileConfig().batch,
-        help="our tiles per model call (default: TileConfig's, %(default)s)",
+        default=None,
+        help="our tiles per model call (default: the backend's own, as TileConfig(batch=None): 1 on the CPU, "
+        "8 on CUDA; the report states the batch used)",
     )
     p.add_argument(
         "--conf",
@@ -812,7 +815,13 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     else:
         ap_conf = float(a.ap_conf)
     scenes = None if a.scenes is None else [x.strip() for x in a.scenes.split(",") if x.strip()]
-    if a.repeats < 1 or a.tile < 32 or a.batch < 1 or a.headline < 0 or a.dask_batch < 1:
+    if (
+        a.repeats < 1
+        or a.tile < 32
+        or (a.batch is not None and a.batch < 1)
+        or a.headline < 0
+        or a.dask_batch < 1
+    ):
         p.error("--repeats, --batch and --dask-batch must be >= 1, --tile >= 32, --headline >= 0")
     try:
         TileConfig(tile=a.tile, overlap=a.overlap).overlap_px(a.tile)

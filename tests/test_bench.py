@@ -221,8 +221,11 @@ def test_end_to_end_ours_floor_and_memory(tmp_path: Path, shared_data: Path) -> 
     assert ours["n_dets"] > 0 and not ours["torch_imported"]
     assert ours["peak_rss"] >= ours["rss_after_load"] > 0
     assert raw["b"]["scenes"][CHIP]["floor"] > 0
+    # no --batch: the CPU session's own 1 tile per call, and the report says so
+    assert ours["batch"] == 1 and raw["b"]["scenes"][CHIP]["batches"] == [1] * 4
+    assert "1 tile per model call, the backend's own choice" in text and "batch=8" not in text
     mem = raw["c"]["600"]  # one 640 px tile
-    assert mem["tiles"] == 1 and mem["peak_rss"] > 0 and not mem["torch_imported"]
+    assert mem["tiles"] == 1 and mem["peak_rss"] > 0 and not mem["torch_imported"] and mem["batch"] == 1
     assert not list(tmp_path.glob(".B.md.*"))  # the atomic write left no temporary file
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from detector.backends.base import META_KEY, ModelMeta
+from detector.backends.base import CPU_BATCH, GPU_BATCH, META_KEY, ModelMeta
 from detector.backends.decode import (  # noqa: F401  (MAX_NMS ... regularize_rboxes: old import paths)
     MAX_NMS,
     MAX_WH,
@@ -120,6 +120,12 @@ def fixed_input_size(session: Any) -> int | None:
     return fixed[0] if len(fixed) == len(dims) == 2 and fixed[0] == fixed[1] else None
 
 
+def session_batch(session: Any) -> int:
+    """Tiles per call for an onnxruntime session: :data:`~detector.backends.base.GPU_BATCH` when CUDA is among
+    its providers, else :data:`~detector.backends.base.CPU_BATCH`."""
+    return GPU_BATCH if "CUDAExecutionProvider" in session.get_providers() else CPU_BATCH
+
+
 class OnnxPredictor:
     """A model exported by :func:`detector.model.export_onnx`, run with onnxruntime.
 
@@ -168,6 +174,12 @@ class OnnxPredictor:
             "fixed input size" if self.fixed_size else "any tile size",
             self.session.get_providers()[0],
         )
+
+    @property
+    def preferred_batch(self) -> int:
+        """Tiles per call when ``TileConfig.batch`` is ``None``: :data:`~detector.backends.base.GPU_BATCH`
+        when the session runs on CUDA, else :data:`~detector.backends.base.CPU_BATCH`."""
+        return session_batch(self.session)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """The raw network output for a normalised float32 ``(B, 3, S, S)`` batch."""

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from detector.backends.base import META_KEY, ModelMeta
+from detector.backends.base import CPU_BATCH, META_KEY, ModelMeta
 from detector.backends.decode import (
     check_tile_size,
     check_tiles,
@@ -100,6 +100,10 @@ class OpenVinoPredictor:
         ModelError: see :func:`read_openvino_model`, or the model does not compile.
         ValueError: an unknown device or normalisation.
     """
+
+    #: Tiles per call when ``TileConfig.batch`` is ``None``: it runs on the CPU (INT8 headline scene, 2 cores:
+    #: 1.56 s in calls of 1 tile vs 1.64 s of 8).
+    preferred_batch = CPU_BATCH
 
     def __init__(
         self,

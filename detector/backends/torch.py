@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from detector.backends.base import META_KEY, ModelMeta
+from detector.backends.base import CPU_BATCH, GPU_BATCH, META_KEY, ModelMeta
 from detector.backends.decode import (
     MAX_NMS,
     MAX_WH,
@@ -459,6 +459,12 @@ class TorchPredictor:
             self.device,
             " fp16" if self.half else "",
         )
+
+    @property
+    def preferred_batch(self) -> int:
+        """Tiles per call when ``TileConfig.batch`` is ``None``: :data:`~detector.backends.base.GPU_BATCH` on
+        CUDA, :data:`~detector.backends.base.CPU_BATCH` on the CPU."""
+        return GPU_BATCH if self.device.type == "cuda" else CPU_BATCH
 
     def run(self, tiles: np.ndarray) -> Any:
         """The raw network output tensor (on the device) for ``(B, S, S, 3)`` uint8 tiles."""

@@ -51,7 +51,10 @@ EXIT_INTERRUPTED = 130
 @model_options
 @tile_options
 @click.option(
-    "--batch", type=click.IntRange(min=1), default=8, show_default=True, help="Tiles per model call."
+    "--batch",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Tiles per model call (default: the backend's own, 1 on the CPU, 8 on CUDA).",
 )
 @click.option(
     "--classes",
@@ -143,7 +146,7 @@ def predict(
     threads: int | None,
     tile: int | None,
     overlap: float | None,
-    batch: int,
+    batch: int | None,
     classes: list[str] | None,
     bands: tuple[int, ...] | None,
     gsd: float | None,
