@@ -85,6 +85,7 @@ class RectTiles:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.meta = inner.meta
+        self.preferred_batch = getattr(inner, "preferred_batch", None)  # the wrapped session's tiles per call
 
     def predict_batch(self, tiles: np.ndarray) -> list[Detections]:
         from detector.backends.decode import decode_batch
