@@ -30,22 +30,30 @@ CROSS_CLASSES = frozenset({"aircraft", "transport-aircraft", "small-aircraft"})
 DISC_CLASSES = frozenset({"helicopter"})
 
 
-def object_boxes(xywhr: np.ndarray, shapes: np.ndarray) -> np.ndarray:
+def object_boxes(xywhr: np.ndarray, shapes: np.ndarray, cross_fill: float = 0.0) -> np.ndarray:
     """Axis-aligned boxes ``(N, 4)`` of the objects inside rotated rectangles ``(N, 5)``.
 
     ``shapes`` ``(N,)`` says what fills each rectangle: ``"rect"`` (a vehicle: the rectangle's enclosing box),
     ``"cross"`` (an aircraft: the box of the rectangle's two centre lines, fuselage and wings) or ``"disc"``
     (a rotor disc: a square of the rectangle's longer side, whatever the angle). At angle 0 all three are the
     rectangle itself; at 45 degrees a cross's box has a quarter of the area of the rectangle's enclosing box.
+
+    ``cross_fill`` (0-1) moves each side of a cross's box that share of the way towards the rectangle's
+    enclosing box: a real aircraft is wider than two lines (swept wings, tailplane, a label's margin), so a
+    diagonal one's box is larger than the cross's. A model file may carry its own value, fitted on training
+    images (``extra["object_box"]["cross_fill"]``, ``python -m training.boxfit``); 0 is the plain cross.
     """
+    if not 0.0 <= cross_fill <= 1.0:
+        raise ValueError(f"cross_fill must be in [0, 1], got {cross_fill!r}")
     xywhr = np.asarray(xywhr, dtype=np.float64).reshape(-1, 5)
     shapes = np.asarray(shapes).reshape(-1)
     cx, cy, w, h, r = xywhr.T
     c, s = np.abs(np.cos(r)), np.abs(np.sin(r))
     ex, ey = w * c + h * s, w * s + h * c
     cross = shapes == "cross"
-    ex = np.where(cross, np.maximum(w * c, h * s), ex)
-    ey = np.where(cross, np.maximum(w * s, h * c), ey)
+    kx, ky = np.maximum(w * c, h * s), np.maximum(w * s, h * c)
+    ex = np.where(cross, kx + cross_fill * (ex - kx), ex)
+    ey = np.where(cross, ky + cross_fill * (ey - ky), ey)
     disc = shapes == "disc"
     side = np.maximum(w, h)
     ex = np.where(disc, side, ex)
@@ -61,14 +69,29 @@ def class_shapes(names: np.ndarray | list[str]) -> np.ndarray:
     )
 
 
-def with_object_boxes(dets: Detections) -> Detections:
+def with_object_boxes(dets: Detections, cross_fill: float = 0.0) -> Detections:
     """``dets`` with ``xyxy`` the objects' own boxes (:func:`object_boxes`) where they are rotated."""
     from dataclasses import replace
 
     if dets.xywhr is None or not len(dets):
         return dets
     names = np.asarray(dets.class_names, dtype=object)[dets.class_ids]
-    return replace(dets, xyxy=object_boxes(dets.xywhr, class_shapes(names)))
+    return replace(dets, xyxy=object_boxes(dets.xywhr, class_shapes(names), cross_fill))
+
+
+def model_cross_fill(meta: object) -> float:
+    """The ``cross_fill`` of :func:`object_boxes` a model file carries (``extra["object_box"]``), else 0.
+
+    Raises:
+        ValueError: the value is there but not a number in [0, 1].
+    """
+    extra = getattr(meta, "extra", None) or {}
+    value = (extra.get("object_box") or {}).get("cross_fill", 0.0)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        raise ValueError(
+            f"model metadata extra.object_box.cross_fill must be a number in [0, 1], got {value!r}"
+        )
+    return float(value)
 
 
 def xyxy_to_corners(xyxy: np.ndarray) -> np.ndarray:

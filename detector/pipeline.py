@@ -40,8 +40,8 @@ from rasterio.windows import Window
 
 from detector.backends.base import ModelMeta, Predictor, preferred_batch
 from detector.detections import Detections
-from detector.errors import DetectorError, RasterError
-from detector.geometry import corners, with_object_boxes
+from detector.errors import DetectorError, ModelError, RasterError
+from detector.geometry import corners, model_cross_fill, with_object_boxes
 from detector.merge import merge_cross_class, merge_detections
 from detector.model import min_tile
 from detector.raster import Scene, SceneSource, open_scene
@@ -121,8 +121,9 @@ class Detector:
             ``small-aircraft`` by size (:mod:`detector.sizes`): ``True`` with the shipped rules
             (``configs/aircraft-sizes.yaml``), a :class:`~detector.sizes.SizeRules`, or ``False`` (off).
         object_boxes: for rotated detections, ``xyxy`` is the object's own axis-aligned box
-            (:func:`detector.geometry.object_boxes`: a cross for aircraft, a disc for helicopters, the
-            rectangle for vehicles) instead of the rectangle's enclosing box; the footprint stays rotated.
+            (:func:`detector.geometry.object_boxes`: a cross for aircraft, widened by the model file's
+            ``cross_fill`` when it has one, a disc for helicopters, the rectangle for vehicles) instead of the
+            rectangle's enclosing box; the footprint stays rotated.
     """
 
     def __init__(
@@ -151,6 +152,10 @@ class Detector:
         self.resolution_factor = resolution_factor
         self.sizes = load_size_rules() if sizes is True else (sizes or None)
         self.object_boxes = object_boxes
+        try:
+            self.cross_fill = model_cross_fill(predictor.meta)
+        except ValueError as e:
+            raise ModelError(f"{getattr(predictor, 'path', 'the model')}: {e}") from e
 
     @classmethod
     def load(
@@ -446,7 +451,7 @@ class Detector:
         if (
             self.object_boxes
         ):  # rotated aircraft / helicopters: xyxy is the cross's / disc's box, not the corners'
-            merged = with_object_boxes(merged)
+            merged = with_object_boxes(merged, self.cross_fill)
         if self.sizes is not None:  # length_m / span_m; aircraft -> transport- / small-aircraft
             merged = apply_sizes(replace(merged, gsd=first.gsd, source=first.source), self.sizes)
         if wanted is not None:

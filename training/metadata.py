@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -182,6 +182,41 @@ def set_gsd_range(
         ValueError: a range that is not ``0 < finest <= coarsest``.
         WriteError: the file cannot be replaced.
     """
+
+    def change(meta: ModelMeta) -> ModelMeta:
+        extra = dict(meta.extra)
+        if note:
+            extra["gsd_range_note"] = note
+        else:
+            extra.pop("gsd_range_note", None)
+        return replace(meta, gsd_range=gsd_range, extra=extra)  # ModelMeta validates the range
+
+    return rewrite_meta(path, change)
+
+
+def set_extra(path: str | Path, key: str, value: Any) -> ModelMeta:
+    """Write ``extra[key] = value`` (JSON-serialisable; ``None`` removes the key) into an ONNX model's metadata
+    in place (atomically), as :func:`set_gsd_range` does."""
+
+    def change(meta: ModelMeta) -> ModelMeta:
+        extra = dict(meta.extra)
+        if value is None:
+            extra.pop(key, None)
+        else:
+            extra[key] = value
+        return replace(meta, extra=extra)
+
+    return rewrite_meta(path, change)
+
+
+def rewrite_meta(path: str | Path, change: Callable[[ModelMeta], ModelMeta]) -> ModelMeta:
+    """Replace an ONNX model's metadata by ``change(old)``, atomically, checking the written file reads back
+    the new metadata (the graph is byte-identical).
+
+    Raises:
+        ModelError: not an ONNX file, unreadable, without our metadata, or the file read back differs.
+        WriteError: the file cannot be replaced.
+    """
     import onnx
 
     from detector.model import read_meta
@@ -202,19 +237,14 @@ def set_gsd_range(
         meta = ModelMeta.from_json(entries[0].value)
     except (ValueError, TypeError) as e:
         raise ModelError(f"{p}: its {META_KEY!r} metadata is malformed ({e})") from e
-    extra = dict(meta.extra)
-    if note:
-        extra["gsd_range_note"] = note
-    else:
-        extra.pop("gsd_range_note", None)
-    new = replace(meta, gsd_range=gsd_range, extra=extra)  # ModelMeta validates the range
+    new = change(meta)
     entries[0].value = new.to_json()
     with atomic_path(p) as tmp:
         onnx.save(proto, str(tmp))
         written = read_meta(tmp)  # the file loads and says what we wrote, before it replaces the original
-        if written.gsd_range != new.gsd_range:
-            raise ModelError(f"{p}: wrote gsd_range {new.gsd_range} but read back {written.gsd_range}")
-    logger.info("%s: gsd_range %s -> %s", p, meta.gsd_range, new.gsd_range)
+        if written.gsd_range != new.gsd_range or written.extra != new.extra:
+            raise ModelError(f"{p}: the metadata read back differs from what was written")
+    logger.info("%s: metadata rewritten (gsd_range %s -> %s)", p, meta.gsd_range, new.gsd_range)
     return written
 
 

@@ -1,0 +1,103 @@
+"""``cross_fill``: how far a rotated aircraft's box reaches beyond the cross of its centre lines
+(:func:`detector.geometry.object_boxes`), its fit on labelled images (``training.boxfit``) and the model file's
+value reaching the pipeline."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _fixtures import BrightObjectPredictor, make_meta
+
+from detector.errors import ModelError
+from detector.geometry import model_cross_fill, object_boxes
+from detector.pipeline import Detector
+from training.boxfit import fill_samples
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rects(angles_deg: list[float], w: float = 40.0, h: float = 36.0) -> np.ndarray:
+    return np.array([[100.0 + 90 * k, 100.0, w, h, np.radians(a)] for k, a in enumerate(angles_deg)])
+
+
+def test_cross_fill_moves_the_cross_box_towards_the_enclosing_box() -> None:
+    r = _rects([0.0, 30.0, 45.0])
+    cross = object_boxes(r, np.full(3, "cross"))
+    rect = object_boxes(r, np.full(3, "rect"))
+    half = object_boxes(r, np.full(3, "cross"), cross_fill=0.5)
+    np.testing.assert_allclose(object_boxes(r, np.full(3, "cross"), cross_fill=1.0), rect)
+    np.testing.assert_allclose(half, (cross + rect) / 2)
+    np.testing.assert_allclose(half[0], rect[0])  # at angle 0 the cross, the rectangle and the mix agree
+    assert (np.diff(cross[2].reshape(2, 2), axis=0) < np.diff(half[2].reshape(2, 2), axis=0)).all()
+    # vehicles and rotor discs do not move
+    shapes = np.array(["rect", "disc", "cross"])
+    np.testing.assert_allclose(
+        object_boxes(r, shapes, cross_fill=0.7)[:2], object_boxes(r, shapes, cross_fill=0.0)[:2]
+    )
+    with pytest.raises(ValueError, match="cross_fill must be in"):
+        object_boxes(r, np.full(3, "cross"), cross_fill=1.5)
+
+
+@pytest.mark.parametrize("fill", [0.0, 0.25, 0.6])
+def test_fill_samples_recover_the_fill_that_made_the_labels(fill: float) -> None:
+    angles = [0.0, 5.0, 20.0, 33.0, 45.0, 60.0, 80.0]
+    r = _rects(angles)
+    labels = object_boxes(r, np.full(len(r), "cross"), cross_fill=fill)
+    s = fill_samples(labels[::-1], r)  # label order does not matter (Hungarian matching)
+    assert len(s) >= 8  # the two near-0 angles give no samples on at least one axis
+    np.testing.assert_allclose(s, fill, atol=1e-9)
+
+
+def test_fill_samples_skip_unmatched_and_axis_aligned_detections() -> None:
+    r = _rects([0.0, 45.0])
+    far = np.array([[900.0, 900.0, 950.0, 950.0]])  # a label far from every detection
+    assert len(fill_samples(far, r)) == 0
+    assert len(fill_samples(object_boxes(r[:1], np.array(["cross"])), r[:1])) == 0  # angle 0: undefined
+    assert len(fill_samples(np.zeros((0, 4)), r)) == 0 and len(fill_samples(far, np.zeros((0, 5)))) == 0
+
+
+def test_the_model_files_fill_reaches_the_pipeline() -> None:
+    from detector.detections import Detections
+
+    pred = BrightObjectPredictor(imgsz=64, task="obb")
+    assert model_cross_fill(pred.meta) == 0.0 and Detector(pred).cross_fill == 0.0
+    pred.meta = replace(make_meta(64, "obb"), extra={"object_box": {"cross_fill": 0.4, "samples": 3}})
+    det = Detector(pred)
+    assert det.cross_fill == 0.4
+    image = np.zeros((64, 64, 3), np.uint8)
+    yy, xx = np.mgrid[0:64, 0:64]
+    image[(np.abs((xx - 32) - (yy - 32)) < 3) & (np.abs(xx - 32) < 18)] = 255  # a diagonal bar: rotated box
+    got = det.predict(image)
+    assert len(got) == 1 and isinstance(got, Detections)
+    assert got.xywhr is not None and 20 < np.degrees(got.xywhr[0, 4]) % 90 < 70
+    want = object_boxes(got.xywhr, np.array(["cross"]), cross_fill=0.4)
+    np.testing.assert_allclose(got.xyxy, want, atol=1e-6)
+    assert not np.allclose(got.xyxy, object_boxes(got.xywhr, np.array(["cross"])))
+    for bad in (1.5, "0.3", True):
+        pred.meta = replace(make_meta(64, "obb"), extra={"object_box": {"cross_fill": bad}})
+        with pytest.raises(ModelError, match="cross_fill must be a number in"):
+            Detector(pred)
+
+
+def test_set_extra_writes_the_fit_into_the_onnx_metadata(tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    from detector.model import read_meta
+    from training.metadata import set_extra
+
+    src = ROOT / "weights" / "pretrained" / "yolov8n-obb.onnx"
+    if not src.is_file():
+        pytest.skip(f"{src} missing: make weights")
+    model = Path(shutil.copy(src, tmp_path / "m.onnx"))
+    before = onnx.load(str(model)).graph.SerializeToString()
+    meta = set_extra(model, "object_box", {"cross_fill": 0.3, "samples": 10})
+    assert meta.extra["object_box"]["cross_fill"] == 0.3
+    assert model_cross_fill(read_meta(model)) == 0.3
+    assert Detector.load(model).cross_fill == 0.3
+    assert onnx.load(str(model)).graph.SerializeToString() == before
+    set_extra(model, "object_box", None)
+    assert "object_box" not in read_meta(model).extra
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
