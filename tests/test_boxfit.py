@@ -101,3 +101,17 @@ def test_set_extra_writes_the_fit_into_the_onnx_metadata(tmp_path: Path) -> None
     set_extra(model, "object_box", None)
     assert "object_box" not in read_meta(model).extra
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+def test_angle_ratios_bucket_the_size_error_by_angle() -> None:
+    from training.boxfit import angle_ratios
+
+    r = _rects([0.0, 40.0])
+    cross = object_boxes(r, np.full(2, "cross"))
+    labels = object_boxes(r, np.full(2, "cross"), cross_fill=0.5)  # labels wider than the cross when diagonal
+    got = sorted(angle_ratios(labels, cross, r))
+    assert len(got) == 2
+    (a0, w0, h0), (a1, w1, h1) = got
+    assert a0 == pytest.approx(0.0) and (w0, h0) == pytest.approx((1.0, 1.0))
+    assert a1 == pytest.approx(40.0) and w1 < 0.9 and h1 < 0.9
+    assert angle_ratios(np.zeros((0, 4)), cross, r) == []

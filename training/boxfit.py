@@ -14,6 +14,7 @@ rectangle's enclosing box is at least ``min_gap`` px wider than the cross, solve
 stores it in the ONNX file's metadata (``extra["object_box"]``), which the pipeline reads.
 
     python -m training.boxfit MODEL.onnx --data ../shared/data --limit 120 [--write]
+    python -m training.boxfit MODEL.onnx --angles gdit-airport/test --limit 10     # the diagnosis, per angle
 """
 
 from __future__ import annotations
@@ -112,6 +113,58 @@ def fit(
     }
 
 
+#: buckets of the predicted angle from the image axes (degrees) for :func:`angle_ratios`
+ANGLE_BUCKETS = ((0.0, 15.0), (15.0, 30.0), (30.0, 45.01))
+
+
+def angle_ratios(
+    label_boxes: np.ndarray, xyxy: np.ndarray, xywhr: np.ndarray, *, min_iou: float = 0.2
+) -> list[tuple[float, float, float]]:
+    """``(angle from the image axes in degrees, width ratio, height ratio)`` of each detection box ``xyxy``
+    matched to a label (Hungarian on IoU >= ``min_iou``): the diagnosis behind ``cross_fill`` (diagonal aircraft
+    whose boxes come out small)."""
+    label_boxes = np.asarray(label_boxes, dtype=np.float64).reshape(-1, 4)
+    xyxy = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
+    if not len(label_boxes) or not len(xyxy):
+        return []
+    iou = box_iou_xyxy(xyxy, label_boxes)
+    rows, cols = linear_sum_assignment(-iou)
+    ang = np.degrees(np.asarray(xywhr, dtype=np.float64).reshape(-1, 5)[:, 4]) % 90
+    ang = np.minimum(ang, 90 - ang)
+    out = []
+    for i, j in zip(rows, cols, strict=True):
+        if iou[i, j] >= min_iou:
+            size_d, size_l = xyxy[i, 2:] - xyxy[i, :2], label_boxes[j, 2:] - label_boxes[j, :2]
+            out.append((float(ang[i]), float(size_d[0] / size_l[0]), float(size_d[1] / size_l[1])))
+    return out
+
+
+def angle_table(detector: Any, images: Sequence[LabeledImage]) -> list[dict[str, Any]]:
+    """Median width / height ratio of ``detector``'s aircraft boxes to their labels per predicted-angle bucket
+    (:data:`ANGLE_BUCKETS`), over ``images``: any labelled set, eval sets included (a diagnosis, not a fit)."""
+    rows: list[tuple[float, float, float]] = []
+    for img in images:
+        boxes = np.array([a.xyxy for a in img.annotations if a.cls in CROSS_CLASSES]).reshape(-1, 4)
+        dets = detector.predict(str(img.image))
+        if dets.xywhr is None or not len(boxes):
+            continue
+        keep = np.isin(dets.class_name, list(CROSS_CLASSES)) & (dets.scores >= 0.25)
+        rows += angle_ratios(boxes, dets.xyxy[keep], dets.xywhr[keep])
+    a = np.array(rows).reshape(-1, 3)
+    table = []
+    for lo, hi in ANGLE_BUCKETS:
+        s = a[(a[:, 0] >= lo) & (a[:, 0] < hi)]
+        table.append(
+            {
+                "degrees": f"{lo:.0f}-{min(hi, 45.0):.0f}",
+                "matched": len(s),
+                "width_ratio": round(float(np.median(s[:, 1])), 3) if len(s) else None,
+                "height_ratio": round(float(np.median(s[:, 2])), 3) if len(s) else None,
+            }
+        )
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m training.boxfit``: see the module docstring."""
     p = argparse.ArgumentParser(prog="python -m training.boxfit", description=__doc__.splitlines()[0])
@@ -122,11 +175,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-iou", type=float, default=0.3)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--write", action="store_true", help="store the fit in the model file's metadata")
+    p.add_argument(
+        "--angles",
+        metavar="EVAL_SET",
+        help="instead of fitting: the box-to-label size ratio per predicted angle on this eval set (a diagnosis; "
+        "the model's own object boxes, its cross_fill included)",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     from detector.pipeline import Detector
 
     try:
+        if args.angles:
+            from detector.evaluate import load_eval_set
+
+            imgs, _ = load_eval_set(args.angles, args.data, limit=args.limit)
+            det = Detector.load(args.model, conf=0.25, threads=args.threads, sizes=False)
+            print(
+                json.dumps(
+                    {"set": args.angles, "images": len(imgs), "buckets": angle_table(det, imgs)}, indent=2
+                )
+            )
+            return 0
         det = Detector.load(args.model, conf=0.25, threads=args.threads, sizes=False, object_boxes=False)
         images: list[LabeledImage] = []
         for name in args.source or sorted(SOURCES):
