@@ -84,7 +84,8 @@ model: setup
 
 # The rotated (OBB) candidate runs/cpu-obb-heli/detector-obb.onnx (~1.5 h on 2 cores; not the default yet, see its model card
 # section): rotated chips with angles derived for the axis-aligned sources, stage 1 from the DOTA OBB start, the
-# helicopter data (rotor discs, copy-paste, hard negatives), stage 2, the 0.5 mix with the start, export.
+# helicopter data (rotor discs, copy-paste, hard negatives), stage 2, the 0.5 mix with the start, export, and the
+# aircraft boxes' cross_fill fitted on training images (training/boxfit.py).
 model-obb: setup
 	$(VENV)/bin/detector data build configs/data/cpu-obb.yaml
 	$(VENV)/bin/detector train configs/train/cpu-obb.yaml
@@ -95,6 +96,7 @@ model-obb: setup
 	$(PY) -m training.wise runs/cpu-obb-heli/weights/best.pt --start $(PRETRAINED)/yolov8n-obb.pt --alpha 0.5 -o runs/cpu-obb-heli/weights/wise.pt
 	$(VENV)/bin/detector export runs/cpu-obb-heli/weights/wise.pt -o runs/cpu-obb-heli/detector-obb.onnx --name detector-obb-cpu --imgsz $(MODEL_IMGSZ)
 	$(PY) -m training.metadata runs/cpu-obb-heli/detector-obb.onnx --gsd-range 0.1,1.0
+	$(PY) -m training.boxfit runs/cpu-obb-heli/detector-obb.onnx --data $(SHARED_DATA) --limit 25 --write
 
 demo: setup
 	$(VENV)/bin/detector predict $(SHARED_DATA)/dota/demo/images -o out/demo --format geojson
