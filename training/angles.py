@@ -78,6 +78,13 @@ def _compatible(label_cls: str, det_cls: str) -> bool:
     return any(label_cls in g and det_cls in g for g in GROUPS)
 
 
+def iou_pairs(iou: np.ndarray, min_iou: float) -> list[tuple[int, int]]:
+    """One-to-one ``(row, column)`` pairs of an IoU matrix: the Hungarian assignment that maximises the total
+    IoU, keeping the pairs whose IoU reaches ``min_iou``."""
+    rows, cols = linear_sum_assignment(-iou)
+    return [(int(i), int(j)) for i, j in zip(rows, cols, strict=True) if iou[i, j] >= min_iou]
+
+
 def assign_angles(
     boxes: np.ndarray,
     classes: Sequence[str],
@@ -108,10 +115,7 @@ def assign_angles(
     iou = box_iou_xyxy(boxes, sil)
     compat = np.array([[_compatible(lc, dc) for dc in det_classes] for lc in classes])
     iou = np.where(compat, iou, 0.0)
-    rows, cols = linear_sum_assignment(-iou)
-    for i, j in zip(rows, cols, strict=True):
-        if iou[i, j] < min_iou:
-            continue
+    for i, j in iou_pairs(iou, min_iou):
         cx, cy, w, h, r = det_xywhr[j]
         # scale the rectangle so that its silhouette (under the label's class model) has the label's area
         sb = silhouette_boxes(np.array([[cx, cy, w, h, r]]), np.array([cross_l[i]]))[0]

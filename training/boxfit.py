@@ -23,15 +23,15 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from detector.errors import DetectorError
 from detector.geometry import CROSS_CLASSES, box_iou_xyxy, object_boxes
 from detector.labels import LabeledImage, read_dataset
+from training.angles import iou_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +67,8 @@ def fill_samples(
         return np.zeros(0)
     cross = object_boxes(xywhr, np.full(len(xywhr), "cross"))
     rect = object_boxes(xywhr, np.full(len(xywhr), "rect"))
-    iou = box_iou_xyxy(label_boxes, cross)
-    rows, cols = linear_sum_assignment(-iou)
     out = []
-    for i, j in zip(rows, cols, strict=True):
-        if iou[i, j] < min_iou:
-            continue
+    for i, j in iou_pairs(box_iou_xyxy(label_boxes, cross), min_iou):
         for ax in (0, 1):
             lab = label_boxes[i, ax + 2] - label_boxes[i, ax]
             kc = cross[j, ax + 2] - cross[j, ax]
@@ -89,16 +85,9 @@ def fit(
     images and fit ``cross_fill``: the median of :func:`fill_samples`, clipped to [0, 1]."""
     samples = []
     objects = 0
-    for img in images:
-        boxes = np.array([a.xyxy for a in img.annotations if a.cls in CROSS_CLASSES]).reshape(-1, 4)
-        if not len(boxes):
-            continue
+    for boxes, dets in _aircraft(detector, images):
         objects += len(boxes)
-        dets = detector.predict(str(img.image))
-        if dets.xywhr is None:
-            raise DetectorError(f"cross_fill needs a rotated (OBB) model, got task {detector.meta.task!r}")
-        keep = np.isin(dets.class_name, list(CROSS_CLASSES))
-        samples.append(fill_samples(boxes, dets.xywhr[keep], min_iou=min_iou, min_gap=min_gap))
+        samples.append(fill_samples(boxes, dets.xywhr, min_iou=min_iou, min_gap=min_gap))
     s = np.concatenate(samples) if samples else np.zeros(0)
     if not len(s):
         raise DetectorError("no diagonal aircraft matched: cannot fit cross_fill")
@@ -127,15 +116,12 @@ def angle_ratios(
     xyxy = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
     if not len(label_boxes) or not len(xyxy):
         return []
-    iou = box_iou_xyxy(xyxy, label_boxes)
-    rows, cols = linear_sum_assignment(-iou)
     ang = np.degrees(np.asarray(xywhr, dtype=np.float64).reshape(-1, 5)[:, 4]) % 90
     ang = np.minimum(ang, 90 - ang)
     out = []
-    for i, j in zip(rows, cols, strict=True):
-        if iou[i, j] >= min_iou:
-            size_d, size_l = xyxy[i, 2:] - xyxy[i, :2], label_boxes[j, 2:] - label_boxes[j, :2]
-            out.append((float(ang[i]), float(size_d[0] / size_l[0]), float(size_d[1] / size_l[1])))
+    for i, j in iou_pairs(box_iou_xyxy(xyxy, label_boxes), min_iou):
+        size_d, size_l = xyxy[i, 2:] - xyxy[i, :2], label_boxes[j, 2:] - label_boxes[j, :2]
+        out.append((float(ang[i]), float(size_d[0] / size_l[0]), float(size_d[1] / size_l[1])))
     return out
 
 
@@ -143,12 +129,8 @@ def angle_table(detector: Any, images: Sequence[LabeledImage]) -> list[dict[str,
     """Median width / height ratio of ``detector``'s aircraft boxes to their labels per predicted-angle bucket
     (:data:`ANGLE_BUCKETS`), over ``images``: any labelled set, eval sets included (a diagnosis, not a fit)."""
     rows: list[tuple[float, float, float]] = []
-    for img in images:
-        boxes = np.array([a.xyxy for a in img.annotations if a.cls in CROSS_CLASSES]).reshape(-1, 4)
-        dets = detector.predict(str(img.image))
-        if dets.xywhr is None or not len(boxes):
-            continue
-        keep = np.isin(dets.class_name, list(CROSS_CLASSES)) & (dets.scores >= 0.25)
+    for boxes, dets in _aircraft(detector, images):
+        keep = dets.scores >= 0.25
         rows += angle_ratios(boxes, dets.xyxy[keep], dets.xywhr[keep])
     a = np.array(rows).reshape(-1, 3)
     table = []
@@ -163,6 +145,23 @@ def angle_table(detector: Any, images: Sequence[LabeledImage]) -> list[dict[str,
             }
         )
     return table
+
+
+def _aircraft(detector: Any, images: Sequence[LabeledImage]) -> Iterator[tuple[np.ndarray, Any]]:
+    """``(label boxes (N, 4), the detector's aircraft detections)`` of each image with aircraft labels (images
+    without any are not run).
+
+    Raises:
+        DetectorError: the detector's model is not rotated (OBB).
+    """
+    for img in images:
+        boxes = np.array([a.xyxy for a in img.annotations if a.cls in CROSS_CLASSES]).reshape(-1, 4)
+        if not len(boxes):
+            continue
+        dets = detector.predict(str(img.image))
+        if dets.xywhr is None:
+            raise DetectorError(f"cross_fill needs a rotated (OBB) model, got task {detector.meta.task!r}")
+        yield boxes, dets[np.isin(dets.class_name, list(CROSS_CLASSES))]
 
 
 def main(argv: list[str] | None = None) -> int:
