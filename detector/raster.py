@@ -56,6 +56,10 @@ SAMPLE_PIXELS = 1_000_000
 STRIPED_WARN_PIXELS = 8192 * 8192
 #: RGB value of the padding outside the scene (partial tiles, small scenes): Ultralytics' letterbox gray.
 PAD_VALUE = 114
+#: an 8-bit RGB raster stored in strips (PNG, JPEG, a striped TIFF) of at most this many decoded bytes is decoded
+#: once, whole, on its first read, and its windows are cut from memory: GDAL walks the strips again for every
+#: window (a 2560 px PNG, 16 tiles of 736 px: 0.20 s of windowed reads against 0.065 s for the whole image)
+WHOLE_READ_BYTES = 128 * 2**20
 
 _ARRAY_NAME = "<array>"
 _PIL_NAME = "<PIL image>"
@@ -195,6 +199,13 @@ class Scene:
             and np.dtype(self.dtype) == np.uint8
             and self._pick == [0, 1, 2]
         )
+        block_rows, block_cols = dataset.block_shapes[0]
+        #: decode the whole image once (:data:`WHOLE_READ_BYTES`); ``_whole`` / ``_whole_valid`` hold it
+        self._read_whole = (
+            self._direct and block_cols >= self.width and self.width * self.height * 3 <= WHOLE_READ_BYTES
+        )
+        self._whole: np.ndarray | None = None
+        self._whole_valid: np.ndarray | None = None
 
     # -- construction -------------------------------------------------------------------------------
 
@@ -337,6 +348,8 @@ class Scene:
         resampling = Resampling.nearest
         if shape != (round(inner.height), round(inner.width)):
             resampling = Resampling.average if sx > 1 or sy > 1 else Resampling.bilinear
+        elif self._read_whole and all(float(v).is_integer() for v in (inner.col_off, inner.row_off)):
+            return self._cut_whole(inner, rgb, valid, (r0, r1, c0, c1))
         try:
             if self._masked:
                 masks = self._ds.read_masks(self._unique, window=inner, out_shape=(len(self._unique), *shape))
@@ -369,11 +382,43 @@ class Scene:
         valid[r0:r1, c0:c1] = ok
         return rgb, valid
 
+    def _cut_whole(
+        self, inner: Window, rgb: np.ndarray, valid: np.ndarray, at: tuple[int, int, int, int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`read` of a window at whole pixels without resampling, cut from the image decoded once."""
+        if self._whole is None:
+            self._whole, self._whole_valid = self._decode_whole()
+        r0, r1, c0, c1 = at
+        y, x = int(inner.row_off), int(inner.col_off)
+        part = self._whole[y : y + r1 - r0, x : x + c1 - c0]
+        if self._whole_valid is None:
+            rgb[r0:r1, c0:c1] = part
+            valid[r0:r1, c0:c1] = True
+            return rgb, valid
+        ok = self._whole_valid[y : y + r1 - r0, x : x + c1 - c0]
+        if not ok.any():
+            rgb[r0:r1, c0:c1] = 0  # as read(): nodata inside the scene is black, only the outside is padding
+            return rgb, valid
+        rgb[r0:r1, c0:c1] = np.where(ok[..., None], part, 0)
+        valid[r0:r1, c0:c1] = ok
+        return rgb, valid
+
+    def _decode_whole(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The whole image as ``(rows, cols, 3)`` uint8 and its valid pixels (``None``: all valid)."""
+        whole = np.empty((self.height, self.width, 3), np.uint8)
+        try:
+            self._ds.read(self._unique, out=whole.transpose(2, 0, 1))
+            ok = (self._ds.read_masks(self._unique) > 0).any(axis=0) if self._masked else None
+        except RasterioError as e:
+            raise RasterError(f"{self.path}: cannot read the image ({_gdal_message(e)})") from e
+        return whole, ok
+
     # -- lifetime -----------------------------------------------------------------------------------
 
     def close(self) -> None:
         """Close the underlying dataset (not one passed to :meth:`from_dataset`) and the in-memory file of
         :meth:`from_array`."""
+        self._whole = self._whole_valid = None
         if self._owns_dataset:
             self._ds.close()
         if self._memfile is not None:

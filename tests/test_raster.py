@@ -539,3 +539,54 @@ def test_png_opens_without_rasterio_warnings(tmp_path: Path) -> None:
         open_scene(tmp_path / "plain.png").close()
         open_dataset(tmp_path / "plain.png").close()
     assert not [w for w in caught if issubclass(w.category, NotGeoreferencedWarning)]
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+@pytest.mark.parametrize("name", ["chip.png", "chip.jpg", "rgba.png", "striped.tif", "tiled.tif"])
+def test_windows_cut_from_the_whole_image_equal_windowed_reads(tmp_path: Path, name: str) -> None:
+    """A strip-organised 8-bit RGB image is decoded once and its windows are cut from memory; every window
+    (inside, across the edges, outside, all-nodata, resampled) reads as GDAL's windowed read gives it."""
+    rows, cols = 300, 420
+    array = _noisy_rgb(rows, cols, seed=3)
+    path = tmp_path / name
+    if name == "rgba.png":
+        alpha = np.full((rows, cols, 1), 255, np.uint8)
+        alpha[:, :60] = 0  # a nodata border, and a hole
+        alpha[100:140, 200:260] = 0
+        Image.fromarray(np.concatenate([array, alpha], axis=-1), "RGBA").save(path)
+    elif name.endswith(".tif"):
+        array[20:40, 20:40] = 0  # nodata
+        write_geotiff(path, np.moveaxis(array, -1, 0), tiled=name == "tiled.tif", nodata=0)
+    else:
+        Image.fromarray(array).save(path, **({"quality": 90} if name.endswith(".jpg") else {}))
+    windows = [
+        (Window(0, 0, 128, 128), None),
+        (Window(37, 51, 128, 96), None),
+        (Window(-20, -10, 128, 128), None),
+        (Window(350, 250, 128, 128), None),
+        (Window(0, 0, 50, 300), None),  # all nodata in rgba.png
+        (Window(500, 0, 64, 64), None),  # outside
+        (Window(10, 10, 200, 200), (100, 100)),  # resampled: GDAL's path
+        (Window(10.5, 10, 64, 64), None),  # fractional offset: GDAL's path
+    ]
+    with open_scene(path) as fast, open_scene(path) as plain:
+        assert fast._read_whole is (name != "tiled.tif")
+        plain._read_whole = False
+        for window, shape in windows:
+            a_rgb, a_valid = fast.read(window, out_shape=shape)
+            b_rgb, b_valid = plain.read(window, out_shape=shape)
+            np.testing.assert_array_equal(a_valid, b_valid, err_msg=str(window))
+            np.testing.assert_array_equal(a_rgb, b_rgb, err_msg=str(window))
+        assert (fast._whole is not None) is (name != "tiled.tif")
+    assert fast._whole is None  # let go on close
+
+
+def test_a_large_striped_image_is_not_decoded_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import detector.raster as raster
+
+    path = _write(tmp_path / "chip.png", 64, 80)
+    monkeypatch.setattr(raster, "WHOLE_READ_BYTES", 64 * 80 * 3 - 1)
+    with open_scene(path) as scene:
+        assert not scene._read_whole
+        scene.read(Window(0, 0, 32, 32))
+        assert scene._whole is None
