@@ -200,6 +200,8 @@ class Scene:
             and self._pick == [0, 1, 2]
         )
         block_rows, block_cols = dataset.block_shapes[0]
+        #: ``(rows, cols)`` of the file's blocks (a strip is one block of the full width)
+        self.block_shape: tuple[int, int] = (int(block_rows), int(block_cols))
         #: decode the whole image once (:data:`WHOLE_READ_BYTES`); ``_whole`` / ``_whole_valid`` hold it
         self._read_whole = (
             self._direct and block_cols >= self.width and self.width * self.height * 3 <= WHOLE_READ_BYTES

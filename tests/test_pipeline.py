@@ -306,3 +306,38 @@ def test_predict_many_takes_what_the_cli_takes(tmp_path: Path) -> None:
     assert [r.source for r in skipped] == sorted(expected)
     with pytest.raises(RasterError, match="nothing-here.tif: file not found"):
         next(detector.predict_many(tmp_path / "nothing-here.tif"))
+
+
+class _CacheRecorder(BrightObjectPredictor):
+    """Records GDAL's block cache setting at every model call."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.seen: set[object] = set()
+
+    def predict_batch(self, tiles: np.ndarray) -> list[Detections]:
+        self.seen.add(rasterio.env.getenv().get("GDAL_CACHEMAX") if rasterio.env.hasenv() else None)
+        return super().predict_batch(tiles)
+
+
+def test_gdal_cache_holds_one_row_of_tiles_unless_the_caller_set_it(tmp_path: Path) -> None:
+    from detector.pipeline import GDAL_CACHE_MB, GDAL_CACHE_MIN_MB, _cache_bytes
+    from detector.raster import open_scene
+
+    det = Detector(_CacheRecorder(256))
+    small = write_geotiff(tmp_path / "small.tif", _scene(700, 900))  # blocks of 256
+    det.predict(small, tile=TILES)
+    assert det.predictor.seen == {GDAL_CACHE_MIN_MB * 2**20}  # 1.1 x 512 rows x 2700 B: below the floor
+
+    wide = write_geotiff(tmp_path / "wide.tif", _scene(300, 12000))
+    with open_scene(wide) as scene:
+        assert _cache_bytes(scene, det.plan(scene, TILES)) == int(
+            1.1 * 2 * 256 * 12000 * 3
+        )  # tiles of 256 on blocks of 256: two block rows
+    with open_scene(write_geotiff(tmp_path / "wider.tif", _scene(64, 200000, 0))) as scene:
+        assert _cache_bytes(scene, det.plan(scene, TILES)) == GDAL_CACHE_MB * 2**20  # the ceiling
+
+    det.predictor.seen.clear()
+    with rasterio.Env(GDAL_CACHEMAX=123 * 2**20):
+        det.predict(small, tile=TILES)
+    assert det.predictor.seen == {123 * 2**20}  # the caller's own setting is left alone

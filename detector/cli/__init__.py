@@ -29,9 +29,9 @@ from detector.errors import CommandError, DetectorError
 
 logger = logging.getLogger(__name__)
 
-#: GDAL configuration used by every command (block cache, remote reads of cloud-optimised GeoTIFFs).
+#: GDAL configuration used by every command (remote reads of cloud-optimised GeoTIFFs). The block cache is left to
+#: :class:`detector.pipeline.Detector`, which sizes it to each scene's rows of tiles.
 GDAL_OPTIONS: dict[str, Any] = {
-    "GDAL_CACHEMAX": 512 * 2**20,  # bytes: rasterio passes an int to GDAL as bytes
     "VSI_CACHE": True,
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.jp2,.vrt,.ovr,.msk",
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
