@@ -82,7 +82,7 @@ model: setup
 	$(PY) -m training.metadata weights/detector.onnx --gsd-range 0.1,1.0 --note "python -m training.metadata --measure configs/data/cpu.yaml configs/data/cpu-aerial.yaml"
 	$(VENV)/bin/detector quantize weights/detector.onnx --calib configs/quantize.yaml -o weights/detector-int8.onnx
 
-# The rotated (OBB) candidate runs/cpu-obb-heli/detector-obb.onnx (~2 h on 2 cores; not the default yet, see its model card
+# The rotated (OBB) candidate runs/cpu-obb-heli/detector-obb.onnx (~1.5 h on 2 cores; not the default yet, see its model card
 # section): rotated chips with angles derived for the axis-aligned sources, stage 1 from the DOTA OBB start, the
 # helicopter data (rotor discs, copy-paste, hard negatives), stage 2, the 0.5 mix with the start, export, and the
 # aircraft boxes' cross_fill fitted on training images (training/boxfit.py).
