@@ -150,6 +150,10 @@ class Scene:
         self.path = path
         self.width: int = dataset.width
         self.height: int = dataset.height
+        block_rows, block_cols = dataset.block_shapes[0]
+        #: ``(rows, cols)`` of the file's blocks (a strip is one block of the full width)
+        self.block_shape: tuple[int, int] = (int(block_rows), int(block_cols))
+        self._striped = self.block_shape[1] >= self.width
         self.count: int = dataset.count
         if self.width <= 0 or self.height <= 0 or self.count <= 0:
             raise RasterError(f"{path}: empty scene ({self.width}x{self.height} px, {self.count} bands)")
@@ -199,13 +203,8 @@ class Scene:
             and np.dtype(self.dtype) == np.uint8
             and self._pick == [0, 1, 2]
         )
-        block_rows, block_cols = dataset.block_shapes[0]
-        #: ``(rows, cols)`` of the file's blocks (a strip is one block of the full width)
-        self.block_shape: tuple[int, int] = (int(block_rows), int(block_cols))
         #: decode the whole image once (:data:`WHOLE_READ_BYTES`); ``_whole`` / ``_whole_valid`` hold it
-        self._read_whole = (
-            self._direct and block_cols >= self.width and self.width * self.height * 3 <= WHOLE_READ_BYTES
-        )
+        self._read_whole = self._direct and self._striped and self.width * self.height * 3 <= WHOLE_READ_BYTES
         self._whole: np.ndarray | None = None
         self._whole_valid: np.ndarray | None = None
 
@@ -475,7 +474,7 @@ class Scene:
             shape = (max(1, int(self.height / factor)), max(1, int(self.width / factor)))
             reads = [(Window(0, 0, self.width, self.height), shape)]
         else:  # an 8 x 8 grid of 128 px windows, aligned to the blocks so each decodes few of them
-            block_rows, block_cols = self._ds.block_shapes[0]
+            block_rows, block_cols = self.block_shape
             rows, cols = min(128, self.height), min(128, self.width)
             reads = []
             for i in range(8):
@@ -526,8 +525,8 @@ class Scene:
             ) from e
 
     def _warn_if_striped(self) -> None:
-        block_rows, block_cols = self._ds.block_shapes[0]
-        if self.width * self.height > STRIPED_WARN_PIXELS and block_cols >= self.width:
+        block_rows, block_cols = self.block_shape
+        if self.width * self.height > STRIPED_WARN_PIXELS and self._striped:
             logger.warning(
                 "%s is a %dx%d raster stored in strips (blocks of %dx%d): windowed reads will be slow. "
                 "Convert it once: gdal_translate -co TILED=YES -co COMPRESS=DEFLATE %s tiled.tif",
