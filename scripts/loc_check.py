@@ -48,7 +48,7 @@ def best_ious(
         labels = [a for a in image.annotations if a.cls in classes]
         if not labels:
             continue
-        dets = det.predict(str(image.image))
+        dets = det.predict(str(image.image), gsd=image.gsd)  # as detector.evaluate.evaluate
         names = np.array(dets.class_names)[dets.class_ids] if len(dets) else np.zeros(0, str)
         for group in GROUPS:
             gt = np.array([a.xyxy for a in labels if a.cls in group]).reshape(-1, 4)
