@@ -36,8 +36,9 @@ The metric, in COCO's words (``pycocotools.cocoeval``, ``iouType="bbox"``), with
   enclosing its minimum-area rectangle, which is up to 2x too large for a diagonal aircraft), a prediction by
   its ``xyxy`` (for a rotated prediction the object's box inside the rectangle, :func:`detector.geometry.object_boxes`). This is the
   common ground for detect and OBB models, and most of our eval labels are axis-aligned anyway. ``"rotated"``
-  compares exact polygon footprints (:func:`detector.geometry.polygon_overlaps`) for every pair where both the
-  ground truth and the prediction are rotated, and enclosing boxes for the other pairs. Areas follow the same
+  compares footprints (:func:`detector.geometry.polygon_overlaps`) wherever the ground truth is rotated:
+  a rotated prediction by its rectangle, a detect model's by its axis-aligned box (the footprint the writers
+  write for it), and enclosing boxes for axis-aligned ground truth. Areas follow the same
   convention (enclosing-box area for ``"aabb"``, polygon area for rotated footprints under ``"rotated"``).
 * **Departures from COCO**: no cap on detections per image (COCO keeps the top 100; a DOTA scene holds
   hundreds of vehicles, so the detector's own ``max_det`` is the cap), size ranges are half-open (COCO's are
@@ -71,7 +72,8 @@ import numpy as np
 
 from detector.detections import Detections
 from detector.errors import ConfigError
-from detector.geometry import box_iou_xyxy, polygon_overlaps, xywhr_to_corners
+from detector import geometry
+from detector.geometry import box_iou_xyxy, polygon_overlaps
 from detector.resources import config_path
 from detector.taxonomy import IGNORE
 
@@ -342,9 +344,10 @@ def _pairwise(dets: Detections, truth: _Truth, iou_type: str) -> tuple[np.ndarra
         gt_area = np.where(truth.rotated, _polygon_area(truth.corners), gt_area)
         if dets.xywhr is not None:
             dt_area = dets.xywhr[:, 2] * dets.xywhr[:, 3]
-            rot = np.flatnonzero(truth.rotated)
-            if len(rot) and len(dets):
-                iou[:, rot] = polygon_overlaps(xywhr_to_corners(dets.xywhr), truth.corners[rot])[0]
+        # a detect model's footprint is its axis-aligned box, as the writers write it
+        rot = np.flatnonzero(truth.rotated)
+        if len(rot) and len(dets):
+            iou[:, rot] = polygon_overlaps(geometry.corners(dets), truth.corners[rot])[0]
     return iou, dt_area, gt_area
 
 

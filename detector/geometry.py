@@ -79,6 +79,23 @@ def with_object_boxes(dets: Detections, cross_fill: float = 0.0) -> Detections:
     return replace(dets, xyxy=object_boxes(dets.xywhr, class_shapes(names), cross_fill))
 
 
+def clip_boxes(dets: Detections, width: float, height: float) -> Detections:
+    """``dets`` with ``xyxy`` clipped to the scene extent ``[0, width] x [0, height]``.
+
+    An object cut by the scene edge is boxed by the part of it in the scene (as labels of cut objects are).
+    A rotated detection keeps its rectangle ``xywhr``: the model's estimate of the whole object, which may run
+    past the edge; only its box is clipped.
+    """
+    from dataclasses import replace
+
+    if not len(dets):
+        return dets
+    xyxy = dets.xyxy.copy()
+    xyxy[:, [0, 2]] = xyxy[:, [0, 2]].clip(0.0, float(width))
+    xyxy[:, [1, 3]] = xyxy[:, [1, 3]].clip(0.0, float(height))
+    return replace(dets, xyxy=xyxy)
+
+
 def model_cross_fill(meta: object) -> float:
     """The ``cross_fill`` of :func:`object_boxes` a model file carries (``extra["object_box"]``), else 0.
 

@@ -42,7 +42,7 @@ from rasterio.windows import Window
 from detector.backends.base import ModelMeta, Predictor, preferred_batch
 from detector.detections import Detections
 from detector.errors import DetectorError, ModelError, RasterError
-from detector.geometry import corners, model_cross_fill, with_object_boxes
+from detector.geometry import clip_boxes, corners, model_cross_fill, with_object_boxes
 from detector.merge import merge_cross_class, merge_detections
 from detector.model import min_tile
 from detector.raster import Scene, SceneSource, open_scene
@@ -460,6 +460,7 @@ class Detector:
             self.object_boxes
         ):  # rotated aircraft / helicopters: xyxy is the cross's / disc's box, not the corners'
             merged = with_object_boxes(merged, self.cross_fill)
+        merged = clip_boxes(merged, first.width, first.height)
         if self.sizes is not None:  # length_m / span_m; aircraft -> transport- / small-aircraft
             merged = apply_sizes(replace(merged, gsd=first.gsd, source=first.source), self.sizes)
         if wanted is not None:

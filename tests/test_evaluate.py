@@ -239,11 +239,19 @@ def test_rotated_vs_aabb_iou():
     assert (
         evaluate_detections(labelled_aabb, [pred], iou_type="rotated").classes["aircraft"].ap50["all"] == 1.0
     )
-    # an axis-aligned prediction (detect model) against a rotated label: enclosing boxes too
+    # an axis-aligned prediction (detect model) against a rotated label: its footprint is its box, which
+    # covers the diagonal rectangle 3.6 times over (IoU 0.28); against the label's own outline box it matches
     pred_aabb = dets(pred.xyxy, [0.9])
     assert (
-        evaluate_detections(labelled, [pred_aabb], iou_type="rotated").classes["aircraft"].ap50["all"] == 1.0
+        evaluate_detections(labelled, [pred_aabb], iou_type="rotated").classes["aircraft"].ap50["all"] == 0.0
     )
+    assert evaluate_detections(labelled, [pred_aabb], iou_type="aabb").classes["aircraft"].ap50["all"] == 1.0
+    # ... and a box on an upright rotated label is the same footprint
+    upright = xywhr_to_corners(np.array([[50.0, 50.0, 40.0, 8.0, 0.0]]))[0]
+    box_pred = dets(corners_to_xyxy(upright[None]), [0.9])
+    assert evaluate_detections(
+        [image([ann(upright, rotated=True)])], [box_pred], iou_type="rotated"
+    ).classes["aircraft"].ap50["all"] == pytest.approx(1)
     # same footprint: rotated IoU 1
     same = dets(
         corners_to_xyxy(gt_corners[None]), [0.9], xywhr=np.array([[50.0, 50.0, 40.0, 8.0, np.pi / 4]])

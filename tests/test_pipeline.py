@@ -341,3 +341,32 @@ def test_gdal_cache_holds_one_row_of_tiles_unless_the_caller_set_it(tmp_path: Pa
     with rasterio.Env(GDAL_CACHEMAX=123 * 2**20):
         det.predict(small, tile=TILES)
     assert det.predictor.seen == {123 * 2**20}  # the caller's own setting is left alone
+
+
+class _GrowingPredictor(BrightObjectPredictor):
+    """Reports each blob's rectangle 1.6x larger, so that a blob at the scene edge comes out running past it."""
+
+    def _detect(self, tile: np.ndarray) -> Detections:
+        from dataclasses import replace
+
+        from detector.geometry import corners_to_xyxy, xywhr_to_corners
+
+        dets = super()._detect(tile)
+        if dets.xywhr is None or not len(dets):
+            return dets
+        xywhr = dets.xywhr.copy()
+        xywhr[:, 2:4] *= 1.6
+        return replace(dets, xywhr=xywhr, xyxy=corners_to_xyxy(xywhr_to_corners(xywhr)))
+
+
+def test_boxes_are_clipped_to_the_scene_but_rectangles_kept(tmp_path: Path) -> None:
+    image = _scene()
+    paint_box(image, 870, 300, 900, 316, YELLOW)  # a vehicle cut by the right-hand edge of the scene
+    paint_box(image, 400, 300, 430, 316, YELLOW)  # and one well inside
+    path = write_geotiff(tmp_path / "edge.tif", image)
+    dets = Detector(_GrowingPredictor(256, "obb"), sizes=False).predict(path, tile=TILES)
+    assert len(dets) == 2
+    edge, inner = np.argsort(-dets.xywhr[:, 0])
+    np.testing.assert_allclose(dets.xyxy[edge], [861, 295.2, 900, 320.8], atol=1.0)  # box: the part in the scene
+    assert dets.xywhr[edge, 0] + dets.xywhr[edge, 2] / 2 > 905  # rectangle: the model's whole object
+    np.testing.assert_allclose(dets.xyxy[inner], [391, 295.2, 439, 320.8], atol=1.0)
