@@ -70,9 +70,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from detector import geometry
 from detector.detections import Detections
 from detector.errors import ConfigError
-from detector import geometry
 from detector.geometry import box_iou_xyxy, polygon_overlaps
 from detector.resources import config_path
 from detector.taxonomy import IGNORE
