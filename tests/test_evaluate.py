@@ -249,9 +249,9 @@ def test_rotated_vs_aabb_iou():
     # ... and a box on an upright rotated label is the same footprint
     upright = xywhr_to_corners(np.array([[50.0, 50.0, 40.0, 8.0, 0.0]]))[0]
     box_pred = dets(corners_to_xyxy(upright[None]), [0.9])
-    assert evaluate_detections(
-        [image([ann(upright, rotated=True)])], [box_pred], iou_type="rotated"
-    ).classes["aircraft"].ap50["all"] == pytest.approx(1)
+    assert evaluate_detections([image([ann(upright, rotated=True)])], [box_pred], iou_type="rotated").classes[
+        "aircraft"
+    ].ap50["all"] == pytest.approx(1)
     # same footprint: rotated IoU 1
     same = dets(
         corners_to_xyxy(gt_corners[None]), [0.9], xywhr=np.array([[50.0, 50.0, 40.0, 8.0, np.pi / 4]])

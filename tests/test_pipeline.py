@@ -367,6 +367,8 @@ def test_boxes_are_clipped_to_the_scene_but_rectangles_kept(tmp_path: Path) -> N
     dets = Detector(_GrowingPredictor(256, "obb"), sizes=False).predict(path, tile=TILES)
     assert len(dets) == 2
     edge, inner = np.argsort(-dets.xywhr[:, 0])
-    np.testing.assert_allclose(dets.xyxy[edge], [861, 295.2, 900, 320.8], atol=1.0)  # box: the part in the scene
+    np.testing.assert_allclose(
+        dets.xyxy[edge], [861, 295.2, 900, 320.8], atol=1.0
+    )  # box: the part in the scene
     assert dets.xywhr[edge, 0] + dets.xywhr[edge, 2] / 2 > 905  # rectangle: the model's whole object
     np.testing.assert_allclose(dets.xyxy[inner], [391, 295.2, 439, 320.8], atol=1.0)
