@@ -363,11 +363,13 @@ def render(s: Any, r: dict[str, Any]) -> str:
         L += [
             "The floor is bare `session.run` of the pipeline's own onnxruntime session (the same object, so the "
             f"same options: intra-op {any_row['intra_op_threads']}, inter-op {any_row['inter_op_threads']}, "
-            f"{any_row['provider']}) on the pipeline's own tiles of the scene (its plan), input normalised before the clock "
-            f"starts, in the pipeline's own calls: {_batch_text(s, b_used)}{rest}; measured in the same process right after the timed pipeline calls: median of "
-            f"{_calls(1 if s.quick else max(s.repeats, 3))} after one warm-up per batch size. `tiles x batch 1` is "
-            "the floor without batching. Overhead = pipeline median / floor - 1: reading and decoding the image, "
-            "normalisation, decoding the outputs, NMS, moving to scene pixels, merging.",
+            f"{any_row['provider']}) on every tile of the scene's plan, inputs normalised before the clock "
+            f"starts, in the pipeline's own calls: {_batch_text(s, b_used)}{rest}. Pipeline (`Detector.predict`) and "
+            f"floor are timed in alternation in the same process, {any_row.get('rounds', 1)} rounds each, so that the "
+            "drift of a shared machine falls on both; `pipeline s` and `floor s` are their medians, and `ms per tile, "
+            "batch 1` is one tile's `session.run` alone (median of "
+            f"{_calls(1 if s.quick else max(s.repeats, 3))}). Overhead = pipeline median / floor median - 1: reading "
+            "and decoding the image, normalisation, decoding the outputs, NMS, moving to scene pixels, merging.",
             "",
         ]
         # a column of its own for the pipeline's batch when it is not 1

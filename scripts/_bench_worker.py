@@ -139,10 +139,12 @@ def run_ours(job: dict[str, Any]) -> dict[str, Any]:
         n, b = out["tiles_run"], out["batch"]
         batches = [b] * (n // b) + ([n % b] if n % b else [])
         floor = measure_floor(det, scene, cfg, [1, *batches], job["floor_repeats"])
+        ab = alternate_with_floor(det, scene, cfg, batches, job.get("floor_rounds", job["floor_repeats"]))
         out["floor"] = {
             "batches": batches,
             "per_call": floor,
-            "seconds": sum(floor[str(k)]["median"] for k in batches),
+            "alternated": ab,
+            "seconds": ab["floor"]["median"],
             "inter_op_threads": int(det.predictor.session.get_session_options().inter_op_num_threads),
             "providers": det.predictor.session.get_providers(),
         }
@@ -320,6 +322,40 @@ def measure_floor(det: Any, scene_path: str, cfg: Any, sizes: list[int], repeats
         times, _ = timed(lambda x=x: session.run([name_out], {name_in: x}), repeats)
         out[str(b)] = {**summary(times), "per_tile_median": statistics.median(times) / b}
     return out
+
+
+def alternate_with_floor(
+    det: Any, scene_path: str, cfg: Any, batches: list[int], rounds: int
+) -> dict[str, Any]:
+    """Pipeline and floor timed in alternation, ``rounds`` times each, in this process.
+
+    The floor is bare ``session.run`` on *every* tile of the scene's plan, in the pipeline's calls (``batches``),
+    inputs normalised before the clock starts. Alternating cancels the drift of a shared machine that two
+    blocks of calls, one after the other, pick up as overhead.
+    """
+    from detector.backends.onnx import to_input
+    from detector.raster import open_scene
+
+    session = det.predictor.session
+    name_in, name_out = session.get_inputs()[0].name, session.get_outputs()[0].name
+    with open_scene(scene_path) as scene:
+        plan = det.plan(scene, cfg)
+        tiles = [scene.read(w, out_shape=plan.out_shape)[0] for w in plan.windows]
+    inputs, start = [], 0
+    for b in batches:
+        inputs.append(to_input(np.stack(tiles[start : start + b])))
+        start += b
+
+    def floor() -> None:
+        for x in inputs:
+            session.run([name_out], {name_in: x})
+
+    pipe_t, floor_t = [], []
+    for _ in range(rounds):
+        pipe_t += timed(lambda: det.predict(scene_path, tile=cfg), 1)[0]
+        floor_t += timed(floor, 1)[0]
+    p, f = statistics.median(pipe_t), statistics.median(floor_t)
+    return {"rounds": rounds, "pipeline": summary(pipe_t), "floor": summary(floor_t), "overhead": p / f - 1}
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -220,7 +220,11 @@ def test_end_to_end_ours_floor_and_memory(tmp_path: Path, shared_data: Path) -> 
     assert ours["tiles"] == 4 and ours["tile_size"] == 640  # the 1024 px chip in 2 x 2 tiles of 640 px
     assert ours["n_dets"] > 0 and not ours["torch_imported"]
     assert ours["peak_rss"] >= ours["rss_after_load"] > 0
-    assert raw["b"]["scenes"][CHIP]["floor"] > 0
+    row_b = raw["b"]["scenes"][CHIP]
+    assert (
+        row_b["floor"] > 0 and row_b["rounds"] == bench.floor_rounds(1) == 4
+    )  # pipeline and floor alternated
+    assert row_b["overhead"] == pytest.approx(row_b["pipeline"] / row_b["floor"] - 1)
     # no --batch: the CPU session's own 1 tile per call, and the report says so
     assert ours["batch"] == 1 and raw["b"]["scenes"][CHIP]["batches"] == [1] * 4
     assert "1 tile per model call, the backend's own choice" in text and "batch=8" not in text
