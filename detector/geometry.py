@@ -30,7 +30,9 @@ CROSS_CLASSES = frozenset({"aircraft", "transport-aircraft", "small-aircraft"})
 DISC_CLASSES = frozenset({"helicopter"})
 
 
-def object_boxes(xywhr: np.ndarray, shapes: np.ndarray, cross_fill: float = 0.0) -> np.ndarray:
+def object_boxes(
+    xywhr: np.ndarray, shapes: np.ndarray, cross_fill: float = 0.0, rect_fill: float = 1.0
+) -> np.ndarray:
     """Axis-aligned boxes ``(N, 4)`` of the objects inside rotated rectangles ``(N, 5)``.
 
     ``shapes`` ``(N,)`` says what fills each rectangle: ``"rect"`` (a vehicle: the rectangle's enclosing box),
@@ -42,9 +44,16 @@ def object_boxes(xywhr: np.ndarray, shapes: np.ndarray, cross_fill: float = 0.0)
     enclosing box: a real aircraft is wider than two lines (swept wings, tailplane, a label's margin), so a
     diagonal one's box is larger than the cross's. A model file may carry its own value, fitted on training
     images (``extra["object_box"]["cross_fill"]``, ``python -m training.boxfit``); 0 is the plain cross.
+
+    ``rect_fill`` (0-1) does the same for a ``"rect"``: its box runs from the box of the ellipse inscribed in the
+    rectangle (0: a vehicle's rounded outline, as iSAID traces it) to the rectangle's enclosing box (1, the
+    default). The two differ only off the image axes: at 45 degrees a 2:1 rectangle's enclosing box is 1.34x
+    its ellipse's per side. A model file may carry a value fitted on training images
+    (``extra["object_box"]["rect_fill"]``, ``python -m training.boxfit --vehicles``).
     """
-    if not 0.0 <= cross_fill <= 1.0:
-        raise ValueError(f"cross_fill must be in [0, 1], got {cross_fill!r}")
+    for name, value in (("cross_fill", cross_fill), ("rect_fill", rect_fill)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {value!r}")
     xywhr = np.asarray(xywhr, dtype=np.float64).reshape(-1, 5)
     shapes = np.asarray(shapes).reshape(-1)
     cx, cy, w, h, r = xywhr.T
@@ -54,6 +63,10 @@ def object_boxes(xywhr: np.ndarray, shapes: np.ndarray, cross_fill: float = 0.0)
     kx, ky = np.maximum(w * c, h * s), np.maximum(w * s, h * c)
     ex = np.where(cross, kx + cross_fill * (ex - kx), ex)
     ey = np.where(cross, ky + cross_fill * (ey - ky), ey)
+    rect = shapes == "rect"
+    lx, ly = np.hypot(w * c, h * s), np.hypot(w * s, h * c)  # the inscribed ellipse's box
+    ex = np.where(rect, lx + rect_fill * (ex - lx), ex)
+    ey = np.where(rect, ly + rect_fill * (ey - ly), ey)
     disc = shapes == "disc"
     side = np.maximum(w, h)
     ex = np.where(disc, side, ex)
@@ -69,14 +82,14 @@ def class_shapes(names: np.ndarray | list[str]) -> np.ndarray:
     )
 
 
-def with_object_boxes(dets: Detections, cross_fill: float = 0.0) -> Detections:
+def with_object_boxes(dets: Detections, cross_fill: float = 0.0, rect_fill: float = 1.0) -> Detections:
     """``dets`` with ``xyxy`` the objects' own boxes (:func:`object_boxes`) where they are rotated."""
     from dataclasses import replace
 
     if dets.xywhr is None or not len(dets):
         return dets
     names = np.asarray(dets.class_names, dtype=object)[dets.class_ids]
-    return replace(dets, xyxy=object_boxes(dets.xywhr, class_shapes(names), cross_fill))
+    return replace(dets, xyxy=object_boxes(dets.xywhr, class_shapes(names), cross_fill, rect_fill))
 
 
 def clip_boxes(dets: Detections, width: float, height: float) -> Detections:
@@ -102,12 +115,24 @@ def model_cross_fill(meta: object) -> float:
     Raises:
         ValueError: the value is there but not a number in [0, 1].
     """
+    return _model_fill(meta, "cross_fill", 0.0)
+
+
+def model_rect_fill(meta: object) -> float:
+    """The ``rect_fill`` of :func:`object_boxes` a model file carries (``extra["object_box"]``), else 1 (the
+    rectangle's enclosing box).
+
+    Raises:
+        ValueError: the value is there but not a number in [0, 1].
+    """
+    return _model_fill(meta, "rect_fill", 1.0)
+
+
+def _model_fill(meta: object, key: str, default: float) -> float:
     extra = getattr(meta, "extra", None) or {}
-    value = (extra.get("object_box") or {}).get("cross_fill", 0.0)
+    value = (extra.get("object_box") or {}).get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-        raise ValueError(
-            f"model metadata extra.object_box.cross_fill must be a number in [0, 1], got {value!r}"
-        )
+        raise ValueError(f"model metadata extra.object_box.{key} must be a number in [0, 1], got {value!r}")
     return float(value)
 
 

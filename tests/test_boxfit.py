@@ -13,9 +13,9 @@ import pytest
 from _fixtures import BrightObjectPredictor, make_meta
 
 from detector.errors import ModelError
-from detector.geometry import model_cross_fill, object_boxes
+from detector.geometry import model_cross_fill, model_rect_fill, object_boxes
 from detector.pipeline import Detector
-from training.boxfit import fill_samples
+from training.boxfit import fill_samples, merged_fits, rect_fill_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,6 +58,55 @@ def test_fill_samples_skip_unmatched_and_axis_aligned_detections() -> None:
     assert len(fill_samples(far, r)) == 0
     assert len(fill_samples(object_boxes(r[:1], np.array(["cross"])), r[:1])) == 0  # angle 0: undefined
     assert len(fill_samples(np.zeros((0, 4)), r)) == 0 and len(fill_samples(far, np.zeros((0, 5)))) == 0
+
+
+def test_rect_fill_moves_a_vehicles_box_between_its_ellipse_and_its_rectangle() -> None:
+    r = _rects([0.0, 30.0, 45.0], w=20.0, h=10.0)
+    rect = object_boxes(r, np.full(3, "rect"))
+    ell = object_boxes(r, np.full(3, "rect"), rect_fill=0.0)
+    np.testing.assert_allclose(object_boxes(r, np.full(3, "rect"), rect_fill=1.0), rect)  # 1 is the default
+    np.testing.assert_allclose(ell[0], rect[0])  # along the image axes both are the rectangle
+    # at 45 degrees a 2:1 rectangle's enclosing box is 15 / sqrt(2) * 2 = 21.2 px a side, its ellipse's
+    # sqrt((20^2 + 10^2) / 2) = 15.8 px
+    np.testing.assert_allclose(rect[2, 2:] - rect[2, :2], [21.213, 21.213], atol=1e-3)
+    np.testing.assert_allclose(ell[2, 2:] - ell[2, :2], [15.811, 15.811], atol=1e-3)
+    np.testing.assert_allclose(object_boxes(r, np.full(3, "rect"), rect_fill=0.5), (rect + ell) / 2)
+    # aircraft and rotor discs do not move
+    shapes = np.array(["cross", "disc", "rect"])
+    np.testing.assert_allclose(object_boxes(r, shapes, rect_fill=0.2)[:2], object_boxes(r, shapes)[:2])
+    with pytest.raises(ValueError, match="rect_fill must be in"):
+        object_boxes(r, np.full(3, "rect"), rect_fill=-0.1)
+
+
+@pytest.mark.parametrize("fill", [0.0, 0.4, 1.0])
+def test_rect_fill_samples_recover_the_fill_that_made_the_labels(fill: float) -> None:
+    r = _rects([0.0, 20.0, 33.0, 45.0, 70.0], w=24.0, h=10.0)
+    labels = object_boxes(r, np.full(len(r), "rect"), rect_fill=fill)
+    s = rect_fill_samples(labels[::-1], r)
+    assert len(s) == 8  # angle 0 gives none
+    np.testing.assert_allclose(s, fill, atol=1e-9)
+
+
+def test_the_model_files_rect_fill_reaches_the_pipeline() -> None:
+    from detector.taxonomy import default_classes
+
+    pred = BrightObjectPredictor(imgsz=64, task="obb")
+    assert model_rect_fill(pred.meta) == 1.0 and Detector(pred).rect_fill == 1.0
+    pred.meta = replace(make_meta(64, "obb"), extra={"object_box": {"cross_fill": 0.2, "rect_fill": 0.3}})
+    det = Detector(pred, sizes=False)
+    assert (det.cross_fill, det.rect_fill) == (0.2, 0.3)
+    image = np.zeros((64, 64, 3), np.uint8)
+    yy, xx = np.mgrid[0:64, 0:64]
+    image[(np.abs((xx - 32) - (yy - 32)) < 4) & (np.abs(xx - 32) < 14)] = (255, 255, 0)  # a diagonal vehicle
+    got = det.predict(image)
+    assert len(got) == 1 and got.class_names[got.class_ids[0]] == "small-vehicle" in default_classes()
+    np.testing.assert_allclose(
+        got.xyxy, object_boxes(got.xywhr, np.array(["rect"]), rect_fill=0.3), atol=1e-6
+    )
+    assert (got.xyxy[0, 2:] - got.xyxy[0, :2] < object_boxes(got.xywhr, np.array(["rect"]))[0, 2:] - 1).all()
+    pred.meta = replace(make_meta(64, "obb"), extra={"object_box": {"rect_fill": 2}})
+    with pytest.raises(ModelError, match="rect_fill must be a number in"):
+        Detector(pred)
 
 
 def test_the_model_files_fill_reaches_the_pipeline() -> None:
@@ -115,3 +164,12 @@ def test_angle_ratios_bucket_the_size_error_by_angle() -> None:
     assert a0 == pytest.approx(0.0) and (w0, h0) == pytest.approx((1.0, 1.0))
     assert a1 == pytest.approx(40.0) and w1 < 0.9 and h1 < 0.9
     assert angle_ratios(np.zeros((0, 4)), cross, r) == []
+
+
+def test_each_fit_keeps_the_others_value_in_the_model_file() -> None:
+    aircraft = {"cross_fill": 0.2, "samples": 40}
+    vehicles = {"rect_fill": 0.45, "samples": 900}
+    box = merged_fits(merged_fits(None, aircraft, vehicles=False), vehicles, vehicles=True)
+    assert box == {"cross_fill": 0.2, "samples": 40, "rect_fill": 0.45, "rect_fit": vehicles}
+    refit = merged_fits(box, {"cross_fill": 0.3, "samples": 50}, vehicles=False)
+    assert refit == {"cross_fill": 0.3, "samples": 50, "rect_fill": 0.45, "rect_fit": vehicles}

@@ -35,6 +35,8 @@ from training.angles import iou_pairs
 
 logger = logging.getLogger(__name__)
 
+VEHICLE_CLASSES = ("small-vehicle", "large-vehicle")
+
 #: Training sources with axis-aligned aircraft labels (the sources of ``configs/data/cpu-obb.yaml``)
 SOURCES: dict[str, dict[str, Any]] = {
     "gdit-airport/train": {"format": "dota", "name": "gdit-airport", "path": "gdit-airport/train"},
@@ -42,6 +44,40 @@ SOURCES: dict[str, dict[str, Any]] = {
         "format": "coco",
         "name": "hrplanes",
         "path": "hrplanes/train/_annotations.coco.json",
+    },
+}
+#: Training sources with vehicle labels for ``--vehicles`` (iSAID's traced outlines, KIT's boxes)
+VEHICLE_SOURCES: dict[str, dict[str, Any]] = {
+    "isaid-512/train": {
+        "format": "yolo_seg",
+        "name": "isaid",
+        "path": "isaid-512/train/images",
+        "labels": "isaid-512/train/labels",
+        "on_error": "skip",
+        "names": [
+            "small-vehicle",
+            "large-vehicle",
+            "baseball-diamond",
+            "bridge",
+            "basketball-court",
+            "roundabout",
+            "helicopter",
+            "plane",
+            "storage-tank",
+            "ship",
+            "harbor",
+            "swimming-pool",
+            "soccer-ball-field",
+            "tennis-court",
+            "ground-track-field",
+        ],
+    },
+    "kit-aerial-cars/MOS74-93": {
+        "format": "yolo",
+        "name": "kit-aerial-cars",
+        "path": "kit-aerial-cars/MOS74-93",
+        "names": "kit-aerial-cars/aerial.names",
+        "gsd": 0.13,
     },
 }
 
@@ -78,6 +114,28 @@ def fill_samples(
     return np.asarray(out, dtype=np.float64)
 
 
+def rect_fill_samples(
+    label_boxes: np.ndarray, xywhr: np.ndarray, *, min_iou: float = 0.3, min_gap: float = 1.5
+) -> np.ndarray:
+    """The per-axis ``rect_fill`` that would make each matched vehicle detection's box side equal its label's:
+    ``label side = ellipse side + fill * (rectangle side - ellipse side)`` (:func:`fill_samples` for vehicles;
+    matched on the rectangle's enclosing box)."""
+    label_boxes = np.asarray(label_boxes, dtype=np.float64).reshape(-1, 4)
+    xywhr = np.asarray(xywhr, dtype=np.float64).reshape(-1, 5)
+    if not len(label_boxes) or not len(xywhr):
+        return np.zeros(0)
+    rect = object_boxes(xywhr, np.full(len(xywhr), "rect"))
+    ell = object_boxes(xywhr, np.full(len(xywhr), "rect"), rect_fill=0.0)
+    out = []
+    for i, j in iou_pairs(box_iou_xyxy(label_boxes, rect), min_iou):
+        for ax in (0, 1):
+            lab = label_boxes[i, ax + 2] - label_boxes[i, ax]
+            kl, kr = ell[j, ax + 2] - ell[j, ax], rect[j, ax + 2] - rect[j, ax]
+            if kr - kl >= min_gap:
+                out.append((lab - kl) / (kr - kl))
+    return np.asarray(out, dtype=np.float64)
+
+
 def fit(
     detector: Any, images: Sequence[LabeledImage], *, min_iou: float = 0.3, min_gap: float = 2.0
 ) -> dict[str, Any]:
@@ -99,6 +157,45 @@ def fit(
         "images": len(images),
         "p25": round(float(q[0]), 3),
         "p75": round(float(q[2]), 3),
+    }
+
+
+def fit_vehicles(
+    detector: Any, images: Sequence[LabeledImage], *, min_iou: float = 0.3, min_gap: float = 1.5
+) -> dict[str, Any]:
+    """:func:`fit` for vehicles: ``rect_fill``, the median of :func:`rect_fill_samples` over ``images``, clipped
+    to [0, 1]; with the median per source (``LabeledImage.source``)."""
+    by_source: dict[str, list[np.ndarray]] = {}
+    objects = 0
+    for img in images:
+        boxes = np.array([a.xyxy for a in img.annotations if a.cls in VEHICLE_CLASSES]).reshape(-1, 4)
+        if not len(boxes):
+            continue
+        dets = detector.predict(str(img.image))
+        if dets.xywhr is None:
+            raise DetectorError(f"rect_fill needs a rotated (OBB) model, got task {detector.meta.task!r}")
+        dets = dets[np.isin(dets.class_name, list(VEHICLE_CLASSES))]
+        objects += len(boxes)
+        by_source.setdefault(img.dataset, []).append(
+            rect_fill_samples(boxes, dets.xywhr, min_iou=min_iou, min_gap=min_gap)
+        )
+    per = {k: np.concatenate(v) for k, v in by_source.items()}
+    s = np.concatenate(list(per.values())) if per else np.zeros(0)
+    if not len(s):
+        raise DetectorError("no diagonal vehicle matched: cannot fit rect_fill")
+    q = np.percentile(s, [25, 50, 75])
+    return {
+        "rect_fill": round(float(np.clip(q[1], 0.0, 1.0)), 3),
+        "samples": int(len(s)),
+        "objects": objects,
+        "images": len(images),
+        "p25": round(float(q[0]), 3),
+        "p75": round(float(q[2]), 3),
+        "per_source": {
+            k: {"samples": int(len(v)), "median": round(float(np.median(v)), 3)}
+            for k, v in per.items()
+            if len(v)
+        },
     }
 
 
@@ -164,12 +261,32 @@ def _aircraft(detector: Any, images: Sequence[LabeledImage]) -> Iterator[tuple[n
         yield boxes, dets[np.isin(dets.class_name, list(CROSS_CLASSES))]
 
 
+def merged_fits(old: dict[str, Any] | None, report: dict[str, Any], *, vehicles: bool) -> dict[str, Any]:
+    """The model file's ``extra["object_box"]`` after a fit: one key holds both fits, and each run replaces its
+    own (the aircraft report at the top level, the vehicle report as ``rect_fill`` + ``rect_fit``) and keeps
+    the other's."""
+    old = dict(old or {})
+    if vehicles:
+        return {**old, "rect_fill": report["rect_fill"], "rect_fit": report}
+    return {**report, **{k: v for k, v in old.items() if k in ("rect_fill", "rect_fit")}}
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m training.boxfit``: see the module docstring."""
     p = argparse.ArgumentParser(prog="python -m training.boxfit", description=__doc__.splitlines()[0])
     p.add_argument("model", help="a rotated (OBB) .onnx model")
     p.add_argument("--data", default="../shared/data", help="data root of the training sources")
-    p.add_argument("--source", action="append", choices=sorted(SOURCES), help="default: all of them")
+    p.add_argument(
+        "--source",
+        action="append",
+        choices=sorted({**SOURCES, **VEHICLE_SOURCES}),
+        help="default: all of them",
+    )
+    p.add_argument(
+        "--vehicles",
+        action="store_true",
+        help="fit rect_fill on the vehicle sources instead of cross_fill on the aircraft ones",
+    )
     p.add_argument("--limit", type=int, default=120, help="images per source, spread evenly (default 120)")
     p.add_argument("--min-iou", type=float, default=0.3)
     p.add_argument("--threads", type=int, default=None)
@@ -197,24 +314,33 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 0
         det = Detector.load(args.model, conf=0.25, threads=args.threads, sizes=False, object_boxes=False)
+        table = VEHICLE_SOURCES if args.vehicles else SOURCES
+        names = args.source or sorted(table)
+        unknown = [n for n in names if n not in table]
+        if unknown:
+            p.error(f"--source {unknown[0]} is not a {'vehicle' if args.vehicles else 'aircraft'} source")
         images: list[LabeledImage] = []
-        for name in args.source or sorted(SOURCES):
-            imgs = sorted(read_dataset(SOURCES[name], root=args.data), key=lambda im: str(im.image))
+        for name in names:
+            imgs = sorted(read_dataset(table[name], root=args.data), key=lambda im: str(im.image))
             if args.limit and args.limit < len(imgs):
                 idx = np.unique(np.linspace(0, len(imgs) - 1, args.limit).round().astype(int))
                 imgs = [imgs[i] for i in idx]
             images += imgs
-        report = fit(det, images, min_iou=args.min_iou)
-        report["sources"] = args.source or sorted(SOURCES)
+        fitter = fit_vehicles if args.vehicles else fit
+        report = fitter(det, images, min_iou=args.min_iou)
+        report["sources"] = names
         report["command"] = "python -m training.boxfit " + " ".join(
             argv if argv is not None else sys.argv[1:]
         )
         print(json.dumps(report, indent=2))
         if args.write:
+            from detector.model import read_meta
             from training.metadata import set_extra
 
-            set_extra(args.model, "object_box", report)
-            print(f"{args.model}: extra.object_box.cross_fill = {report['cross_fill']}")
+            box = merged_fits(read_meta(args.model).extra.get("object_box"), report, vehicles=args.vehicles)
+            set_extra(args.model, "object_box", box)
+            key = "rect_fill" if args.vehicles else "cross_fill"
+            print(f"{args.model}: extra.object_box.{key} = {report[key]}")
     except DetectorError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
