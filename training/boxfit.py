@@ -23,7 +23,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,7 @@ from detector.errors import DetectorError
 from detector.geometry import CROSS_CLASSES, box_iou_xyxy, object_boxes
 from detector.labels import LabeledImage, read_dataset
 from training.angles import iou_pairs
+from training.helicopters import isaid_spec
 
 logger = logging.getLogger(__name__)
 
@@ -48,30 +49,7 @@ SOURCES: dict[str, dict[str, Any]] = {
 }
 #: Training sources with vehicle labels for ``--vehicles`` (iSAID's traced outlines, KIT's boxes)
 VEHICLE_SOURCES: dict[str, dict[str, Any]] = {
-    "isaid-512/train": {
-        "format": "yolo_seg",
-        "name": "isaid",
-        "path": "isaid-512/train/images",
-        "labels": "isaid-512/train/labels",
-        "on_error": "skip",
-        "names": [
-            "small-vehicle",
-            "large-vehicle",
-            "baseball-diamond",
-            "bridge",
-            "basketball-court",
-            "roundabout",
-            "helicopter",
-            "plane",
-            "storage-tank",
-            "ship",
-            "harbor",
-            "swimming-pool",
-            "soccer-ball-field",
-            "tennis-court",
-            "ground-track-field",
-        ],
-    },
+    "isaid-512/train": isaid_spec("isaid-512/train"),
     "kit-aerial-cars/MOS74-93": {
         "format": "yolo",
         "name": "kit-aerial-cars",
@@ -149,12 +127,17 @@ def fit(
     s = np.concatenate(samples) if samples else np.zeros(0)
     if not len(s):
         raise DetectorError("no diagonal aircraft matched: cannot fit cross_fill")
-    q = np.percentile(s, [25, 50, 75])
+    return _report("cross_fill", s, objects, len(images))
+
+
+def _report(key: str, samples: np.ndarray, objects: int, images: int) -> dict[str, Any]:
+    """A fit's report: the median of the samples clipped to [0, 1] as ``key``, and what it came from."""
+    q = np.percentile(samples, [25, 50, 75])
     return {
-        "cross_fill": round(float(np.clip(q[1], 0.0, 1.0)), 3),
-        "samples": int(len(s)),
+        key: round(float(np.clip(q[1], 0.0, 1.0)), 3),
+        "samples": int(len(samples)),
         "objects": objects,
-        "images": len(images),
+        "images": images,
         "p25": round(float(q[0]), 3),
         "p75": round(float(q[2]), 3),
     }
@@ -167,14 +150,7 @@ def fit_vehicles(
     to [0, 1]; with the median per source (``LabeledImage.source``)."""
     by_source: dict[str, list[np.ndarray]] = {}
     objects = 0
-    for img in images:
-        boxes = np.array([a.xyxy for a in img.annotations if a.cls in VEHICLE_CLASSES]).reshape(-1, 4)
-        if not len(boxes):
-            continue
-        dets = detector.predict(str(img.image))
-        if dets.xywhr is None:
-            raise DetectorError(f"rect_fill needs a rotated (OBB) model, got task {detector.meta.task!r}")
-        dets = dets[np.isin(dets.class_name, list(VEHICLE_CLASSES))]
+    for img, boxes, dets in _labelled(detector, images, VEHICLE_CLASSES, "rect_fill"):
         objects += len(boxes)
         by_source.setdefault(img.dataset, []).append(
             rect_fill_samples(boxes, dets.xywhr, min_iou=min_iou, min_gap=min_gap)
@@ -183,14 +159,8 @@ def fit_vehicles(
     s = np.concatenate(list(per.values())) if per else np.zeros(0)
     if not len(s):
         raise DetectorError("no diagonal vehicle matched: cannot fit rect_fill")
-    q = np.percentile(s, [25, 50, 75])
     return {
-        "rect_fill": round(float(np.clip(q[1], 0.0, 1.0)), 3),
-        "samples": int(len(s)),
-        "objects": objects,
-        "images": len(images),
-        "p25": round(float(q[0]), 3),
-        "p75": round(float(q[2]), 3),
+        **_report("rect_fill", s, objects, len(images)),
         "per_source": {
             k: {"samples": int(len(v)), "median": round(float(np.median(v)), 3)}
             for k, v in per.items()
@@ -245,20 +215,29 @@ def angle_table(detector: Any, images: Sequence[LabeledImage]) -> list[dict[str,
 
 
 def _aircraft(detector: Any, images: Sequence[LabeledImage]) -> Iterator[tuple[np.ndarray, Any]]:
-    """``(label boxes (N, 4), the detector's aircraft detections)`` of each image with aircraft labels (images
-    without any are not run).
+    """``(label boxes (N, 4), the detector's aircraft detections)`` of each image with aircraft labels."""
+    for _, boxes, dets in _labelled(detector, images, CROSS_CLASSES, "cross_fill"):
+        yield boxes, dets
+
+
+def _labelled(
+    detector: Any, images: Sequence[LabeledImage], classes: Iterable[str], fit_name: str
+) -> Iterator[tuple[LabeledImage, np.ndarray, Any]]:
+    """``(image, label boxes (N, 4), the detector's detections)`` of ``classes`` for each image with labels of
+    them (images without any are not run).
 
     Raises:
         DetectorError: the detector's model is not rotated (OBB).
     """
+    classes = list(classes)
     for img in images:
-        boxes = np.array([a.xyxy for a in img.annotations if a.cls in CROSS_CLASSES]).reshape(-1, 4)
+        boxes = np.array([a.xyxy for a in img.annotations if a.cls in classes]).reshape(-1, 4)
         if not len(boxes):
             continue
         dets = detector.predict(str(img.image))
         if dets.xywhr is None:
-            raise DetectorError(f"cross_fill needs a rotated (OBB) model, got task {detector.meta.task!r}")
-        yield boxes, dets[np.isin(dets.class_name, list(CROSS_CLASSES))]
+            raise DetectorError(f"{fit_name} needs a rotated (OBB) model, got task {detector.meta.task!r}")
+        yield img, boxes, dets[np.isin(dets.class_name, classes)]
 
 
 def merged_fits(old: dict[str, Any] | None, report: dict[str, Any], *, vehicles: bool) -> dict[str, Any]:
