@@ -138,8 +138,11 @@ def run_ours(job: dict[str, Any]) -> dict[str, Any]:
         # the pipeline's batches of this scene (every tile holds valid pixels here), plus batch 1
         n, b = out["tiles_run"], out["batch"]
         batches = [b] * (n // b) + ([n % b] if n % b else [])
-        floor = measure_floor(det, scene, cfg, [1, *batches], job["floor_repeats"])
-        ab = alternate_with_floor(det, scene, cfg, batches, job.get("floor_rounds", job["floor_repeats"]))
+        tiles = plan_tiles(det, scene, cfg)
+        floor = measure_floor(det, tiles, [1, *batches], job["floor_repeats"])
+        ab = alternate_with_floor(
+            det, scene, cfg, tiles, batches, job.get("floor_rounds", job["floor_repeats"])
+        )
         out["floor"] = {
             "batches": batches,
             "per_call": floor,
@@ -301,20 +304,25 @@ def run_sahi(job: dict[str, Any]) -> dict[str, Any]:
 # the model-only floor
 
 
-def measure_floor(det: Any, scene_path: str, cfg: Any, sizes: list[int], repeats: int) -> dict[str, Any]:
+def plan_tiles(det: Any, scene_path: str, cfg: Any) -> list[np.ndarray]:
+    """The RGB tiles of the scene's plan (``Detector.plan``: the pipeline's own tiles), in plan order."""
+    from detector.raster import open_scene
+
+    with open_scene(scene_path) as scene:
+        plan = det.plan(scene, cfg)
+        return [scene.read(w, out_shape=plan.out_shape)[0] for w in plan.windows]
+
+
+def measure_floor(det: Any, tiles: list[np.ndarray], sizes: list[int], repeats: int) -> dict[str, Any]:
     """Bare ``session.run`` time per batch size, on the predictor's own session and real tiles of the scene
-    (the pipeline's own tile plan: ``Detector.plan``).
+    (:func:`plan_tiles`).
 
     The input is normalised before the clock starts; decoding, NMS and everything else are left out.
     """
     from detector.backends.onnx import to_input
-    from detector.raster import open_scene
 
     session = det.predictor.session
     name_in, name_out = session.get_inputs()[0].name, session.get_outputs()[0].name
-    with open_scene(scene_path) as scene:
-        plan = det.plan(scene, cfg)
-        tiles = [scene.read(w, out_shape=plan.out_shape)[0] for w in plan.windows[: max(sizes)]]
     out: dict[str, Any] = {}
     for b in sorted(set(sizes)):
         x = to_input(np.stack([tiles[i % len(tiles)] for i in range(b)]))
@@ -325,22 +333,18 @@ def measure_floor(det: Any, scene_path: str, cfg: Any, sizes: list[int], repeats
 
 
 def alternate_with_floor(
-    det: Any, scene_path: str, cfg: Any, batches: list[int], rounds: int
+    det: Any, scene_path: str, cfg: Any, tiles: list[np.ndarray], batches: list[int], rounds: int
 ) -> dict[str, Any]:
     """Pipeline and floor timed in alternation, ``rounds`` times each, in this process.
 
-    The floor is bare ``session.run`` on *every* tile of the scene's plan, in the pipeline's calls (``batches``),
-    inputs normalised before the clock starts. Alternating cancels the drift of a shared machine that two
-    blocks of calls, one after the other, pick up as overhead.
+    The floor is bare ``session.run`` on *every* tile of the scene's plan (``tiles``, :func:`plan_tiles`), in the
+    pipeline's calls (``batches``), inputs normalised before the clock starts. Alternating cancels the drift of
+    a shared machine that two blocks of calls, one after the other, pick up as overhead.
     """
     from detector.backends.onnx import to_input
-    from detector.raster import open_scene
 
     session = det.predictor.session
     name_in, name_out = session.get_inputs()[0].name, session.get_outputs()[0].name
-    with open_scene(scene_path) as scene:
-        plan = det.plan(scene, cfg)
-        tiles = [scene.read(w, out_shape=plan.out_shape)[0] for w in plan.windows]
     inputs, start = [], 0
     for b in batches:
         inputs.append(to_input(np.stack(tiles[start : start + b])))
