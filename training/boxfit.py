@@ -75,21 +75,10 @@ def fill_samples(
     Returns:
         ``(K,)`` samples (not clipped: a loose label gives values above 1, a tight one below 0).
     """
-    label_boxes = np.asarray(label_boxes, dtype=np.float64).reshape(-1, 4)
     xywhr = np.asarray(xywhr, dtype=np.float64).reshape(-1, 5)
-    if not len(label_boxes) or not len(xywhr):
-        return np.zeros(0)
     cross = object_boxes(xywhr, np.full(len(xywhr), "cross"))
     rect = object_boxes(xywhr, np.full(len(xywhr), "rect"))
-    out = []
-    for i, j in iou_pairs(box_iou_xyxy(label_boxes, cross), min_iou):
-        for ax in (0, 1):
-            lab = label_boxes[i, ax + 2] - label_boxes[i, ax]
-            kc = cross[j, ax + 2] - cross[j, ax]
-            kr = rect[j, ax + 2] - rect[j, ax]
-            if kr - kc >= min_gap:
-                out.append((lab - kc) / (kr - kc))
-    return np.asarray(out, dtype=np.float64)
+    return _axis_fills(label_boxes, cross, rect, match=cross, min_iou=min_iou, min_gap=min_gap)
 
 
 def rect_fill_samples(
@@ -98,19 +87,34 @@ def rect_fill_samples(
     """The per-axis ``rect_fill`` that would make each matched vehicle detection's box side equal its label's:
     ``label side = ellipse side + fill * (rectangle side - ellipse side)`` (:func:`fill_samples` for vehicles;
     matched on the rectangle's enclosing box)."""
-    label_boxes = np.asarray(label_boxes, dtype=np.float64).reshape(-1, 4)
     xywhr = np.asarray(xywhr, dtype=np.float64).reshape(-1, 5)
-    if not len(label_boxes) or not len(xywhr):
-        return np.zeros(0)
     rect = object_boxes(xywhr, np.full(len(xywhr), "rect"))
     ell = object_boxes(xywhr, np.full(len(xywhr), "rect"), rect_fill=0.0)
+    return _axis_fills(label_boxes, ell, rect, match=rect, min_iou=min_iou, min_gap=min_gap)
+
+
+def _axis_fills(
+    label_boxes: np.ndarray,
+    low: np.ndarray,
+    high: np.ndarray,
+    *,
+    match: np.ndarray,
+    min_iou: float,
+    min_gap: float,
+) -> np.ndarray:
+    """Per-axis ``f`` with ``label side = low side + f * (high side - low side)``, for each label matched to a
+    detection (Hungarian on IoU >= ``min_iou`` with the detections' ``match`` boxes) on the axes where ``high``
+    is at least ``min_gap`` px wider than ``low``: the samples of both fills."""
+    label_boxes = np.asarray(label_boxes, dtype=np.float64).reshape(-1, 4)
+    if not len(label_boxes) or not len(match):
+        return np.zeros(0)
     out = []
-    for i, j in iou_pairs(box_iou_xyxy(label_boxes, rect), min_iou):
+    for i, j in iou_pairs(box_iou_xyxy(label_boxes, match), min_iou):
         for ax in (0, 1):
             lab = label_boxes[i, ax + 2] - label_boxes[i, ax]
-            kl, kr = ell[j, ax + 2] - ell[j, ax], rect[j, ax + 2] - rect[j, ax]
-            if kr - kl >= min_gap:
-                out.append((lab - kl) / (kr - kl))
+            lo, hi = low[j, ax + 2] - low[j, ax], high[j, ax + 2] - high[j, ax]
+            if hi - lo >= min_gap:
+                out.append((lab - lo) / (hi - lo))
     return np.asarray(out, dtype=np.float64)
 
 
@@ -121,7 +125,7 @@ def fit(
     images and fit ``cross_fill``: the median of :func:`fill_samples`, clipped to [0, 1]."""
     samples = []
     objects = 0
-    for boxes, dets in _aircraft(detector, images):
+    for _, boxes, dets in _labelled(detector, images, CROSS_CLASSES, "cross_fill"):
         objects += len(boxes)
         samples.append(fill_samples(boxes, dets.xywhr, min_iou=min_iou, min_gap=min_gap))
     s = np.concatenate(samples) if samples else np.zeros(0)
@@ -147,7 +151,7 @@ def fit_vehicles(
     detector: Any, images: Sequence[LabeledImage], *, min_iou: float = 0.3, min_gap: float = 1.5
 ) -> dict[str, Any]:
     """:func:`fit` for vehicles: ``rect_fill``, the median of :func:`rect_fill_samples` over ``images``, clipped
-    to [0, 1]; with the median per source (``LabeledImage.source``)."""
+    to [0, 1]; with the median per source (``LabeledImage.dataset``)."""
     by_source: dict[str, list[np.ndarray]] = {}
     objects = 0
     for img, boxes, dets in _labelled(detector, images, VEHICLE_CLASSES, "rect_fill"):
@@ -196,7 +200,7 @@ def angle_table(detector: Any, images: Sequence[LabeledImage]) -> list[dict[str,
     """Median width / height ratio of ``detector``'s aircraft boxes to their labels per predicted-angle bucket
     (:data:`ANGLE_BUCKETS`), over ``images``: any labelled set, eval sets included (a diagnosis, not a fit)."""
     rows: list[tuple[float, float, float]] = []
-    for boxes, dets in _aircraft(detector, images):
+    for _, boxes, dets in _labelled(detector, images, CROSS_CLASSES, "cross_fill"):
         keep = dets.scores >= 0.25
         rows += angle_ratios(boxes, dets.xyxy[keep], dets.xywhr[keep])
     a = np.array(rows).reshape(-1, 3)
@@ -212,12 +216,6 @@ def angle_table(detector: Any, images: Sequence[LabeledImage]) -> list[dict[str,
             }
         )
     return table
-
-
-def _aircraft(detector: Any, images: Sequence[LabeledImage]) -> Iterator[tuple[np.ndarray, Any]]:
-    """``(label boxes (N, 4), the detector's aircraft detections)`` of each image with aircraft labels."""
-    for _, boxes, dets in _labelled(detector, images, CROSS_CLASSES, "cross_fill"):
-        yield boxes, dets
 
 
 def _labelled(
