@@ -70,10 +70,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from detector import geometry
 from detector.detections import Detections
 from detector.errors import ConfigError
-from detector.geometry import box_iou_xyxy, polygon_overlaps
+from detector.geometry import box_iou_xyxy, corners, polygon_overlaps
 from detector.resources import config_path
 from detector.taxonomy import IGNORE
 
@@ -344,10 +343,10 @@ def _pairwise(dets: Detections, truth: _Truth, iou_type: str) -> tuple[np.ndarra
         gt_area = np.where(truth.rotated, _polygon_area(truth.corners), gt_area)
         if dets.xywhr is not None:
             dt_area = dets.xywhr[:, 2] * dets.xywhr[:, 3]
-        # a detect model's footprint is its axis-aligned box, as the writers write it
+        # footprints: a rotated prediction's rectangle, a detect model's box (as the writers write them)
         rot = np.flatnonzero(truth.rotated)
         if len(rot) and len(dets):
-            iou[:, rot] = polygon_overlaps(geometry.corners(dets), truth.corners[rot])[0]
+            iou[:, rot] = polygon_overlaps(corners(dets), truth.corners[rot])[0]
     return iou, dt_area, gt_area
 
 
