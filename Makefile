@@ -70,7 +70,8 @@ eval: setup
 	$(VENV)/bin/detector eval -w $(PRETRAINED)/yolov8n-obb.onnx -w weights/detector.onnx --data $(SHARED_DATA) -o out/eval
 
 # Rebuild the shipped model from scratch on the CPU (~2 h on 2 cores): chips, two fine-tuning stages, the
-# weight-space mix with the DOTA start (training/wise.py), ONNX export, its GSD range, and the INT8 model made
+# weight-space mix with the DOTA start (training/wise.py), ONNX export, its GSD range, the helicopter boxes'
+# disc_scale (fuselage -> rotor disc, fitted on iSAID train: training/boxfit.py), and the INT8 model made
 # from it (always from the shipped default: rerun the quantize line after any change to weights/detector.onnx).
 model: setup
 	$(VENV)/bin/detector data build configs/data/cpu.yaml
@@ -80,6 +81,7 @@ model: setup
 	$(PY) -m training.wise runs/cpu-aerial/weights/best.pt --start $(PRETRAINED)/yolov8n-obb.pt --alpha $(WISE_ALPHA) -o runs/cpu-aerial/weights/wise.pt
 	$(VENV)/bin/detector export runs/cpu-aerial/weights/wise.pt -o weights/detector.onnx --name detector-cpu --imgsz $(MODEL_IMGSZ)
 	$(PY) -m training.metadata weights/detector.onnx --gsd-range 0.1,1.0 --note "python -m training.metadata --measure configs/data/cpu.yaml configs/data/cpu-aerial.yaml"
+	$(PY) -m training.boxfit weights/detector.onnx --helicopters --limit 0 --data $(SHARED_DATA) --write
 	$(VENV)/bin/detector quantize weights/detector.onnx --calib configs/quantize.yaml -o weights/detector-int8.onnx
 
 # The rotated (OBB) candidate runs/cpu-obb-heli/detector-obb.onnx (~1.5 h on 2 cores; not the default yet, see its model card

@@ -92,6 +92,39 @@ def with_object_boxes(dets: Detections, cross_fill: float = 0.0, rect_fill: floa
     return replace(dets, xyxy=object_boxes(dets.xywhr, class_shapes(names), cross_fill, rect_fill))
 
 
+def fuselage_discs(xyxy: np.ndarray, scale: float) -> np.ndarray:
+    """Axis-aligned helicopter boxes ``(N, 4)`` of a fuselage -> boxes of the rotor disc: squares of side
+    ``scale`` x the box's longer side, on the same centre.
+
+    A detect model trained on fuselage labels (iSAID's) draws the fuselage; DOTA's convention, and ours, is the
+    rotor disc, whose box is a square of about 1.1x the fuselage length (:func:`detector.labels.types.rotor_disc`)
+    widened by the angle. ``scale`` is fitted on training images (``python -m training.boxfit MODEL
+    --helicopters``) and carried by the model file (``extra["object_box"]["disc_scale"]``).
+    """
+    if not 0.0 < scale <= 3.0:
+        raise ValueError(f"disc_scale must be in (0, 3], got {scale!r}")
+    xyxy = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
+    centre = (xyxy[:, :2] + xyxy[:, 2:]) / 2
+    half = scale * np.max(xyxy[:, 2:] - xyxy[:, :2], axis=1, keepdims=True) / 2
+    return np.concatenate([centre - half, centre + half], axis=1)
+
+
+def with_discs(dets: Detections, scale: float) -> Detections:
+    """``dets`` (axis-aligned) with the boxes of helicopters (:data:`DISC_CLASSES`) made rotor discs
+    (:func:`fuselage_discs`); other classes as they are."""
+    from dataclasses import replace
+
+    if dets.xywhr is not None or not len(dets):
+        return dets
+    names = np.asarray(dets.class_names, dtype=object)[dets.class_ids]
+    heli = np.isin(names, list(DISC_CLASSES))
+    if not heli.any():
+        return dets
+    xyxy = dets.xyxy.astype(np.float64, copy=True)
+    xyxy[heli] = fuselage_discs(xyxy[heli], scale)
+    return replace(dets, xyxy=xyxy.astype(dets.xyxy.dtype, copy=False))
+
+
 def clip_boxes(dets: Detections, width: float, height: float) -> Detections:
     """``dets`` with ``xyxy`` clipped to the scene extent ``[0, width] x [0, height]``.
 
@@ -126,6 +159,24 @@ def model_rect_fill(meta: object) -> float:
         ValueError: the value is there but not a number in [0, 1].
     """
     return _model_fill(meta, "rect_fill", 1.0)
+
+
+def model_disc_scale(meta: object) -> float | None:
+    """The ``disc_scale`` of :func:`fuselage_discs` a detect model file carries (``extra["object_box"]``), else
+    ``None`` (its helicopter boxes are used as they come).
+
+    Raises:
+        ValueError: the value is there but not a number in (0, 3].
+    """
+    extra = getattr(meta, "extra", None) or {}
+    value = (extra.get("object_box") or {}).get("disc_scale")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < value <= 3.0:
+        raise ValueError(
+            f"model metadata extra.object_box.disc_scale must be a number in (0, 3], got {value!r}"
+        )
+    return float(value)
 
 
 def _model_fill(meta: object, key: str, default: float) -> float:

@@ -42,7 +42,15 @@ from rasterio.windows import Window
 from detector.backends.base import ModelMeta, Predictor, preferred_batch
 from detector.detections import Detections
 from detector.errors import DetectorError, ModelError, RasterError
-from detector.geometry import clip_boxes, corners, model_cross_fill, model_rect_fill, with_object_boxes
+from detector.geometry import (
+    clip_boxes,
+    corners,
+    model_cross_fill,
+    model_disc_scale,
+    model_rect_fill,
+    with_discs,
+    with_object_boxes,
+)
 from detector.merge import merge_cross_class, merge_detections
 from detector.model import min_tile
 from detector.raster import Scene, SceneSource, open_scene
@@ -128,7 +136,9 @@ class Detector:
             (:func:`detector.geometry.object_boxes`: a cross for aircraft, widened by the model file's
             ``cross_fill`` when it has one, a disc for helicopters, the rectangle for vehicles, narrowed
             towards its inscribed ellipse by the file's ``rect_fill`` when it has one) instead of the
-            rectangle's enclosing box; the footprint stays rotated.
+            rectangle's enclosing box; the footprint stays rotated. For a detect model whose file carries a
+            ``disc_scale``, a helicopter's fuselage box becomes its rotor disc's
+            (:func:`detector.geometry.fuselage_discs`).
     """
 
     def __init__(
@@ -160,6 +170,7 @@ class Detector:
         try:
             self.cross_fill = model_cross_fill(predictor.meta)
             self.rect_fill = model_rect_fill(predictor.meta)
+            self.disc_scale = model_disc_scale(predictor.meta)
         except ValueError as e:
             raise ModelError(f"{getattr(predictor, 'path', 'the model')}: {e}") from e
 
@@ -462,6 +473,8 @@ class Detector:
             self.object_boxes
         ):  # rotated aircraft / helicopters: xyxy is the cross's / disc's box, not the corners'
             merged = with_object_boxes(merged, self.cross_fill, self.rect_fill)
+            if self.disc_scale is not None:  # a detect model's fuselage boxes -> rotor discs
+                merged = with_discs(merged, self.disc_scale)
         merged = clip_boxes(merged, first.width, first.height)
         if self.sizes is not None:  # length_m / span_m; aircraft -> transport- / small-aircraft
             merged = apply_sizes(replace(merged, gsd=first.gsd, source=first.source), self.sizes)

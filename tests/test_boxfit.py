@@ -169,7 +169,74 @@ def test_angle_ratios_bucket_the_size_error_by_angle() -> None:
 def test_each_fit_keeps_the_others_value_in_the_model_file() -> None:
     aircraft = {"cross_fill": 0.2, "samples": 40}
     vehicles = {"rect_fill": 0.45, "samples": 900}
-    box = merged_fits(merged_fits(None, aircraft, vehicles=False), vehicles, vehicles=True)
+    box = merged_fits(merged_fits(None, aircraft, kind="aircraft"), vehicles, kind="vehicles")
     assert box == {"cross_fill": 0.2, "samples": 40, "rect_fill": 0.45, "rect_fit": vehicles}
-    refit = merged_fits(box, {"cross_fill": 0.3, "samples": 50}, vehicles=False)
+    refit = merged_fits(box, {"cross_fill": 0.3, "samples": 50}, kind="aircraft")
     assert refit == {"cross_fill": 0.3, "samples": 50, "rect_fill": 0.45, "rect_fit": vehicles}
+
+
+def test_fuselage_discs_are_squares_of_the_longer_side_on_the_same_centre() -> None:
+    from detector.geometry import fuselage_discs
+
+    got = fuselage_discs(np.array([[10.0, 20.0, 50.0, 30.0], [0.0, 0.0, 8.0, 20.0]]), 1.2)
+    np.testing.assert_allclose(got, [[6.0, 1.0, 54.0, 49.0], [-8.0, -2.0, 16.0, 22.0]])
+    for bad in (0.0, 3.5):
+        with pytest.raises(ValueError, match="disc_scale must be in"):
+            fuselage_discs(got, bad)
+
+
+def test_disc_samples_recover_the_scale_that_made_the_discs() -> None:
+    from detector.geometry import fuselage_discs
+    from training.boxfit import disc_samples
+
+    fuselage = np.array([[10.0, 10.0, 50.0, 24.0], [100.0, 100.0, 112.0, 140.0], [200.0, 0.0, 230.0, 30.0]])
+    discs = fuselage_discs(fuselage, 1.13)
+    found = fuselage[[2, 0]] + 1.0  # two of three found, a pixel off, in another order
+    ratios, dets, labels = disc_samples(fuselage, discs, found)
+    assert len(ratios) == 2 and np.median(ratios) == pytest.approx(1.13, abs=0.01)
+    np.testing.assert_allclose(np.sort(labels[:, 0]), np.sort(discs[[0, 2], 0]))
+    assert len(dets) == 2
+    assert len(disc_samples(fuselage, discs, np.zeros((0, 4)))[0]) == 0
+
+
+def test_the_model_files_disc_scale_makes_a_detect_models_helicopters_discs() -> None:
+    from detector.geometry import fuselage_discs, model_disc_scale
+
+    class HelicopterPredictor(BrightObjectPredictor):
+        """Every bright blob a helicopter."""
+
+        def predict_batch(self, tiles: np.ndarray) -> list:
+            heli = list(self.meta.names).index("helicopter")
+            return [replace(d, class_ids=np.full(len(d), heli)) for d in super().predict_batch(tiles)]
+
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[28:36, 20:44] = 255  # a fuselage 24 x 8 px
+    pred = HelicopterPredictor(imgsz=64)
+    assert model_disc_scale(pred.meta) is None
+    plain = Detector(pred, sizes=False).predict(image)
+    np.testing.assert_allclose(plain.xyxy, [[20, 28, 44, 36]])
+    pred.meta = replace(make_meta(64), extra={"object_box": {"disc_scale": 1.125}})
+    got = Detector(pred, sizes=False).predict(image)
+    np.testing.assert_allclose(got.xyxy, fuselage_discs(plain.xyxy, 1.125))
+    assert got.xyxy[0, 3] - got.xyxy[0, 1] == pytest.approx(27.0)
+    assert Detector(pred, sizes=False, object_boxes=False).predict(image).xyxy.tolist() == plain.xyxy.tolist()
+    for bad in (0, -1.0, "1.1", True):
+        pred.meta = replace(make_meta(64), extra={"object_box": {"disc_scale": bad}})
+        with pytest.raises(ModelError, match="disc_scale must be a number in"):
+            Detector(pred)
+
+
+def test_the_helicopter_fit_is_kept_beside_the_others() -> None:
+    box = merged_fits(
+        {"cross_fill": 0.2, "rect_fill": 0.4}, {"disc_scale": 1.12, "samples": 9}, kind="helicopters"
+    )
+    assert box == {
+        "cross_fill": 0.2,
+        "rect_fill": 0.4,
+        "disc_scale": 1.12,
+        "disc_fit": {"disc_scale": 1.12, "samples": 9},
+    }
+    again = merged_fits(box, {"cross_fill": 0.3}, kind="aircraft")
+    assert again["disc_scale"] == 1.12 and again["rect_fill"] == 0.4 and again["cross_fill"] == 0.3
+    with pytest.raises(ValueError, match="kind must be"):
+        merged_fits(box, {}, kind="ships")

@@ -15,6 +15,12 @@ stores it in the ONNX file's metadata (``extra["object_box"]``), which the pipel
 
     python -m training.boxfit MODEL.onnx --data ../shared/data --limit 120 [--write]
     python -m training.boxfit MODEL.onnx --angles gdit-airport/test --limit 10     # the diagnosis, per angle
+
+``--vehicles`` fits ``rect_fill`` (a rotated vehicle's box between its ellipse and its rectangle) the same way.
+``--helicopters`` fits ``disc_scale`` for a **detect** model trained on fuselage labels: matched to iSAID's
+fuselage labels, each helicopter box's longer side against the side of the label's rotor disc (the DOTA
+convention, :func:`detector.labels.types.rotor_disc`); the pipeline then draws the disc
+(:func:`detector.geometry.fuselage_discs`).
 """
 
 from __future__ import annotations
@@ -29,8 +35,9 @@ from typing import Any
 import numpy as np
 
 from detector.errors import DetectorError
-from detector.geometry import CROSS_CLASSES, box_iou_xyxy, object_boxes
+from detector.geometry import CROSS_CLASSES, DISC_CLASSES, box_iou_xyxy, fuselage_discs, object_boxes
 from detector.labels import LabeledImage, read_dataset
+from detector.labels.types import rotor_disc
 from training.angles import iou_pairs
 from training.helicopters import isaid_spec
 
@@ -58,6 +65,9 @@ VEHICLE_SOURCES: dict[str, dict[str, Any]] = {
         "gsd": 0.13,
     },
 }
+
+#: Training sources with fuselage-only helicopter labels for ``--helicopters``
+HELICOPTER_SOURCES: dict[str, dict[str, Any]] = {"isaid-512/train": isaid_spec("isaid-512/train")}
 
 
 def fill_samples(
@@ -173,6 +183,77 @@ def fit_vehicles(
     }
 
 
+def disc_samples(
+    fuselage_boxes: np.ndarray, disc_boxes: np.ndarray, xyxy: np.ndarray, *, min_iou: float = 0.3
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each helicopter box ``xyxy`` ``(M, 4)`` matched to a fuselage label (Hungarian on IoU >= ``min_iou``):
+    the label's rotor-disc box side over the detection's longer side (the ``disc_scale`` that would make them
+    equal) ``(K,)``, then the matched detections' boxes and their disc labels' boxes ``(K, 4)`` in the same
+    order (for the fit's hit rate).
+
+    ``fuselage_boxes`` and ``disc_boxes`` ``(N, 4)`` are the same labels, as drawn and as rotor discs.
+    """
+    fuselage_boxes = np.asarray(fuselage_boxes, dtype=np.float64).reshape(-1, 4)
+    disc_boxes = np.asarray(disc_boxes, dtype=np.float64).reshape(-1, 4)
+    xyxy = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
+    if not len(fuselage_boxes) or not len(xyxy):
+        return np.zeros(0), np.zeros((0, 4)), np.zeros((0, 4))
+    pairs = iou_pairs(box_iou_xyxy(fuselage_boxes, xyxy), min_iou)
+    ratios = [
+        np.max(disc_boxes[i, 2:] - disc_boxes[i, :2]) / max(np.max(xyxy[j, 2:] - xyxy[j, :2]), 1e-9)
+        for i, j in pairs
+    ]
+    return (
+        np.asarray(ratios, dtype=np.float64),
+        xyxy[[j for _, j in pairs]].reshape(-1, 4),
+        disc_boxes[[i for i, _ in pairs]].reshape(-1, 4),
+    )
+
+
+def fit_discs(detector: Any, images: Sequence[LabeledImage], *, min_iou: float = 0.3) -> dict[str, Any]:
+    """Run ``detector`` (a :class:`detector.pipeline.Detector` of a **detect** model, its own ``disc_scale``
+    off) over images with fuselage helicopter labels and fit ``disc_scale``: the median of
+    :func:`disc_samples`, with the share of matched helicopters whose disc box then overlaps the disc label at
+    IoU >= 0.5, before and after.
+
+    Raises:
+        DetectorError: the model is rotated (it draws discs itself), or no helicopter matched.
+    """
+    if detector.meta.task == "obb":
+        raise DetectorError("disc_scale is for detect models: a rotated model draws the rotor disc itself")
+    ratios, dets, discs = [], [], []
+    objects = 0
+    for img in images:
+        anns = [a for a in img.annotations if a.cls in DISC_CLASSES]
+        if not anns:
+            continue
+        objects += len(anns)
+        disc = np.array([np.r_[(d := rotor_disc(a.polygon)).min(axis=0), d.max(axis=0)] for a in anns])
+        found = detector.predict(str(img.image))
+        found = found[np.isin(found.class_name, list(DISC_CLASSES))]
+        r, d, g = disc_samples(np.array([a.xyxy for a in anns]), disc, found.xyxy, min_iou=min_iou)
+        ratios.append(r)
+        dets.append(d)
+        discs.append(g)
+    s = np.concatenate(ratios) if ratios else np.zeros(0)
+    if not len(s):
+        raise DetectorError("no helicopter matched a label: cannot fit disc_scale")
+    d, g = np.concatenate(dets), np.concatenate(discs)
+    scale = round(float(np.median(s)), 3)
+    hits = [float(np.mean(np.diag(box_iou_xyxy(b, g)) >= 0.5)) for b in (d, fuselage_discs(d, scale))]
+    q = np.percentile(s, [25, 75])
+    return {
+        "disc_scale": scale,
+        "samples": int(len(s)),
+        "objects": objects,
+        "images": len(images),
+        "p25": round(float(q[0]), 3),
+        "p75": round(float(q[1]), 3),
+        "disc_iou50_before": round(hits[0], 3),
+        "disc_iou50_after": round(hits[1], 3),
+    }
+
+
 #: buckets of the predicted angle from the image axes (degrees) for :func:`angle_ratios`
 ANGLE_BUCKETS = ((0.0, 15.0), (15.0, 30.0), (30.0, 45.01))
 
@@ -238,31 +319,45 @@ def _labelled(
         yield img, boxes, dets[np.isin(dets.class_name, classes)]
 
 
-def merged_fits(old: dict[str, Any] | None, report: dict[str, Any], *, vehicles: bool) -> dict[str, Any]:
-    """The model file's ``extra["object_box"]`` after a fit: one key holds both fits, and each run replaces its
-    own (the aircraft report at the top level, the vehicle report as ``rect_fill`` + ``rect_fit``) and keeps
-    the other's."""
+#: the value and report keys of ``extra["object_box"]`` that the vehicle and helicopter fits own
+_OWN_KEYS = {"vehicles": ("rect_fill", "rect_fit"), "helicopters": ("disc_scale", "disc_fit")}
+
+
+def merged_fits(old: dict[str, Any] | None, report: dict[str, Any], *, kind: str) -> dict[str, Any]:
+    """The model file's ``extra["object_box"]`` after a fit of ``kind`` (``aircraft``, ``vehicles`` or
+    ``helicopters``): one key holds every fit, and each run replaces its own (the aircraft report at the top
+    level, the others as their value + report, ``rect_fill`` + ``rect_fit``, ``disc_scale`` + ``disc_fit``) and
+    keeps the others'."""
     old = dict(old or {})
-    if vehicles:
-        return {**old, "rect_fill": report["rect_fill"], "rect_fit": report}
-    return {**report, **{k: v for k, v in old.items() if k in ("rect_fill", "rect_fit")}}
+    if kind in _OWN_KEYS:
+        value, fit_key = _OWN_KEYS[kind]
+        return {**old, value: report[value], fit_key: report}
+    if kind != "aircraft":
+        raise ValueError(f"kind must be aircraft, vehicles or helicopters, got {kind!r}")
+    others = {k for keys in _OWN_KEYS.values() for k in keys}
+    return {**report, **{k: v for k, v in old.items() if k in others}}
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m training.boxfit``: see the module docstring."""
     p = argparse.ArgumentParser(prog="python -m training.boxfit", description=__doc__.splitlines()[0])
-    p.add_argument("model", help="a rotated (OBB) .onnx model")
+    p.add_argument("model", help="a rotated (OBB) .onnx model (a detect one for --helicopters)")
     p.add_argument("--data", default="../shared/data", help="data root of the training sources")
     p.add_argument(
         "--source",
         action="append",
-        choices=sorted({**SOURCES, **VEHICLE_SOURCES}),
+        choices=sorted({**SOURCES, **VEHICLE_SOURCES, **HELICOPTER_SOURCES}),
         help="default: all of them",
     )
     p.add_argument(
         "--vehicles",
         action="store_true",
         help="fit rect_fill on the vehicle sources instead of cross_fill on the aircraft ones",
+    )
+    p.add_argument(
+        "--helicopters",
+        action="store_true",
+        help="fit disc_scale (a detect model's fuselage boxes -> rotor discs) on the helicopter sources",
     )
     p.add_argument("--limit", type=int, default=120, help="images per source, spread evenly (default 120)")
     p.add_argument("--min-iou", type=float, default=0.3)
@@ -290,12 +385,15 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
             return 0
+        if args.vehicles and args.helicopters:
+            p.error("--vehicles and --helicopters are two fits: run them one after the other")
+        kind = "vehicles" if args.vehicles else "helicopters" if args.helicopters else "aircraft"
         det = Detector.load(args.model, conf=0.25, threads=args.threads, sizes=False, object_boxes=False)
-        table = VEHICLE_SOURCES if args.vehicles else SOURCES
+        table = {"aircraft": SOURCES, "vehicles": VEHICLE_SOURCES, "helicopters": HELICOPTER_SOURCES}[kind]
         names = args.source or sorted(table)
         unknown = [n for n in names if n not in table]
         if unknown:
-            p.error(f"--source {unknown[0]} is not a {'vehicle' if args.vehicles else 'aircraft'} source")
+            p.error(f"--source {unknown[0]} is not a {kind} source")
         images: list[LabeledImage] = []
         for name in names:
             imgs = sorted(read_dataset(table[name], root=args.data), key=lambda im: str(im.image))
@@ -303,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
                 idx = np.unique(np.linspace(0, len(imgs) - 1, args.limit).round().astype(int))
                 imgs = [imgs[i] for i in idx]
             images += imgs
-        fitter = fit_vehicles if args.vehicles else fit
+        fitter = {"aircraft": fit, "vehicles": fit_vehicles, "helicopters": fit_discs}[kind]
         report = fitter(det, images, min_iou=args.min_iou)
         report["sources"] = names
         report["command"] = "python -m training.boxfit " + " ".join(
@@ -314,9 +412,9 @@ def main(argv: list[str] | None = None) -> int:
             from detector.model import read_meta
             from training.metadata import set_extra
 
-            box = merged_fits(read_meta(args.model).extra.get("object_box"), report, vehicles=args.vehicles)
+            box = merged_fits(read_meta(args.model).extra.get("object_box"), report, kind=kind)
             set_extra(args.model, "object_box", box)
-            key = "rect_fill" if args.vehicles else "cross_fill"
+            key = {"aircraft": "cross_fill", "vehicles": "rect_fill", "helicopters": "disc_scale"}[kind]
             print(f"{args.model}: extra.object_box.{key} = {report[key]}")
     except DetectorError as e:
         print(f"error: {e}", file=sys.stderr)
