@@ -199,6 +199,18 @@ def test_disc_samples_recover_the_scale_that_made_the_discs() -> None:
     assert len(disc_samples(fuselage, discs, np.zeros((0, 4)))[0]) == 0
 
 
+def test_disc_rules_find_the_measure_the_discs_were_made_from() -> None:
+    from detector.geometry import fuselage_discs
+    from training.boxfit import disc_rules
+
+    rng = np.random.default_rng(0)
+    lo = rng.uniform(0, 400, (40, 2))
+    boxes = np.concatenate([lo, lo + rng.uniform([10, 40], [40, 90], (40, 2))], axis=1)
+    rules = disc_rules(boxes, fuselage_discs(boxes, 1.2))
+    assert rules["longer side"] == {"scale": 1.2, "median_iou": 1.0, "iou50": 1.0}
+    assert all(r["median_iou"] < 1.0 for k, r in rules.items() if k != "longer side")
+
+
 def test_the_model_files_disc_scale_makes_a_detect_models_helicopters_discs() -> None:
     from detector.geometry import fuselage_discs, model_disc_scale
 

@@ -210,11 +210,42 @@ def disc_samples(
     )
 
 
+#: Measures of a helicopter box that a rotor disc's side could be a multiple of, compared in :func:`fit_discs`'s
+#: report; :func:`detector.geometry.fuselage_discs` uses the first (it scored best on iSAID train).
+DISC_BASES: dict[str, Any] = {
+    "longer side": lambda wh: wh.max(axis=1),
+    "diagonal": lambda wh: np.hypot(wh[:, 0], wh[:, 1]),
+    "width + height": lambda wh: wh.sum(axis=1),
+    "sqrt area": lambda wh: np.sqrt(wh.prod(axis=1)),
+}
+
+
+def disc_rules(dets: np.ndarray, discs: np.ndarray) -> dict[str, dict[str, float]]:
+    """For each of :data:`DISC_BASES`: the median scale that makes a square of ``scale`` x that measure of each
+    matched box ``dets`` ``(K, 4)`` as wide as its disc label ``discs`` ``(K, 4)``, and with it the squares'
+    median IoU with the labels and their share at IoU >= 0.5."""
+    wh = np.maximum(dets[:, 2:] - dets[:, :2], 1e-9)
+    centre = (dets[:, :2] + dets[:, 2:]) / 2
+    side = np.max(discs[:, 2:] - discs[:, :2], axis=1)
+    out = {}
+    for name, measure in DISC_BASES.items():
+        base = measure(wh)
+        scale = float(np.median(side / base))
+        half = scale * base[:, None] / 2
+        iou = np.diag(box_iou_xyxy(np.concatenate([centre - half, centre + half], axis=1), discs))
+        out[name] = {
+            "scale": round(scale, 3),
+            "median_iou": round(float(np.median(iou)), 3),
+            "iou50": round(float(np.mean(iou >= 0.5)), 3),
+        }
+    return out
+
+
 def fit_discs(detector: Any, images: Sequence[LabeledImage], *, min_iou: float = 0.3) -> dict[str, Any]:
     """Run ``detector`` (a :class:`detector.pipeline.Detector` of a **detect** model, its own ``disc_scale``
     off) over images with fuselage helicopter labels and fit ``disc_scale``: the median of
     :func:`disc_samples`, with the share of matched helicopters whose disc box then overlaps the disc label at
-    IoU >= 0.5, before and after.
+    IoU >= 0.5, before and after, and the other box measures compared (:func:`disc_rules`).
 
     Raises:
         DetectorError: the model is rotated (it draws discs itself), or no helicopter matched.
@@ -251,6 +282,7 @@ def fit_discs(detector: Any, images: Sequence[LabeledImage], *, min_iou: float =
         "p75": round(float(q[1]), 3),
         "disc_iou50_before": round(hits[0], 3),
         "disc_iou50_after": round(hits[1], 3),
+        "rules": disc_rules(d, g),
     }
 
 
