@@ -81,6 +81,30 @@ def test_openvino_runs_other_tile_sizes_and_checks_them(shipped: Path, real_tile
     assert ov.predict_batch(np.zeros((0, 320, 320, 3), np.uint8)) == []
 
 
+def test_openvino_compiles_each_tile_shape_once_and_keeps_a_few(
+    shipped: Path, real_tiles: np.ndarray, monkeypatch
+):
+    """A dynamic-axes file is compiled per input shape (static shapes run faster), each shape once, the least
+    recently used dropped past ``STATIC_SHAPES``; outputs equal those of the shape met first."""
+    pytest.importorskip("openvino")
+    import detector.backends.openvino as backend
+
+    monkeypatch.setattr(backend, "STATIC_SHAPES", 2)
+    ov = load_predictor(shipped, threads=2, runtime="openvino")
+    assert ov.fixed_size is None and not ov._requests  # nothing compiled before the first tile
+    tiles = {s: np.ascontiguousarray(real_tiles[:1, :s, :s]) for s in (320, 256, 192)}
+    first = ov.predict_batch(tiles[320])[0]
+    compiled = ov._requests[(1, 3, 320, 320)]
+    ov.predict_batch(tiles[320])
+    assert list(ov._requests) == [(1, 3, 320, 320)] and ov._requests[(1, 3, 320, 320)] is compiled
+    ov.predict_batch(tiles[256])
+    ov.predict_batch(tiles[320])  # used again: now the most recent
+    ov.predict_batch(tiles[192])
+    assert list(ov._requests) == [(1, 3, 320, 320), (1, 3, 192, 192)]
+    again = ov.predict_batch(tiles[320])[0]
+    assert len(first) > 5 and _match(first, again, box_atol=1e-4, score_atol=1e-6) == 1.0
+
+
 def test_detector_load_with_openvino(shipped: Path, shared_data: Path):
     pytest.importorskip("openvino")
     from detector.pipeline import Detector
