@@ -8,8 +8,9 @@ CPUs that have it, which moves scores by more than onnxruntime's float32) and ``
 as onnxruntime's intra-op threads are set. A file with dynamic axes is compiled once per input shape it meets
 (:data:`STATIC_SHAPES` of them kept), with that shape fixed: OpenVINO's CPU kernels for a static shape are
 faster (INT8 model, 736 px tiles, 2 cores: 87 ms against 101 ms per tile with the dynamic compile), and a
-scene's tiles share one shape; a compile costs about what the dynamic one did at load (~1 s). Output decoding is :mod:`detector.backends.decode`, shared with
-onnxruntime, so both runtimes return the same detections up to floating point.
+scene's tiles share one shape; a compile costs about what the dynamic one did at load (~1 s). Output decoding
+is :mod:`detector.backends.decode`, shared with onnxruntime, so both runtimes return the same detections up to
+floating point.
 
 Needs the ``[openvino]`` extra (``pip install 'overhead-detector[openvino]'``); importing this module does not
 import OpenVINO, building a predictor does (and says how to install it when it is missing).
