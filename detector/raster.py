@@ -346,11 +346,21 @@ class Scene:
             return rgb, valid
         inner = Window(x0, y0, x1 - x0, y1 - y0)
         shape = (r1 - r0, c1 - c0)
-        resampling = Resampling.nearest
         if shape != (round(inner.height), round(inner.width)):
-            resampling = Resampling.average if sx > 1 or sy > 1 else Resampling.bilinear
+            shrink = sx > 1 or sy > 1
+            resampling = Resampling.average if shrink else Resampling.bilinear
+            if (
+                self._read_whole
+                and shrink
+                and all(
+                    float(v).is_integer() for v in (inner.col_off, inner.row_off, inner.width, inner.height)
+                )
+            ):
+                return self._shrink_whole(inner, rgb, valid, (r0, r1, c0, c1))
         elif self._read_whole and all(float(v).is_integer() for v in (inner.col_off, inner.row_off)):
             return self._cut_whole(inner, rgb, valid, (r0, r1, c0, c1))
+        else:
+            resampling = Resampling.nearest  # the same size: a plain read
         try:
             if self._masked:
                 masks = self._ds.read_masks(self._unique, window=inner, out_shape=(len(self._unique), *shape))
@@ -392,17 +402,34 @@ class Scene:
         r0, r1, c0, c1 = at
         y, x = int(inner.row_off), int(inner.col_off)
         part = self._whole[y : y + r1 - r0, x : x + c1 - c0]
-        if self._whole_valid is None:
-            rgb[r0:r1, c0:c1] = part
-            valid[r0:r1, c0:c1] = True
-            return rgb, valid
-        ok = self._whole_valid[y : y + r1 - r0, x : x + c1 - c0]
-        if not ok.any():
-            rgb[r0:r1, c0:c1] = 0  # as read(): nodata inside the scene is black, only the outside is padding
-            return rgb, valid
-        rgb[r0:r1, c0:c1] = np.where(ok[..., None], part, 0)
-        valid[r0:r1, c0:c1] = ok
-        return rgb, valid
+        ok = None if self._whole_valid is None else self._whole_valid[y : y + r1 - r0, x : x + c1 - c0]
+        return _paste(part, ok, rgb, valid, at)
+
+    def _shrink_whole(
+        self,
+        inner: Window,
+        rgb: np.ndarray,
+        valid: np.ndarray,
+        at: tuple[int, int, int, int],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`read` of a window at whole pixels made smaller, from the image decoded once, averaged by PIL's
+        box filter: GDAL's own averaged read of a PNG or JPEG is slower than decoding it whole and resizing (a
+        2560 px PNG to 2048 px, the quicklook's read: 0.36 s against 0.22 s, medians of 4)."""
+        from PIL import Image
+
+        if self._whole is None:
+            self._whole, self._whole_valid = self._decode_whole()
+        r0, r1, c0, c1 = at
+        y, x = int(inner.row_off), int(inner.col_off)
+        h, w = int(inner.height), int(inner.width)
+        size = (c1 - c0, r1 - r0)
+        image = Image.fromarray(self._whole[y : y + h, x : x + w])
+        part = np.asarray(image.resize(size, Image.Resampling.BOX))
+        ok = None
+        if self._whole_valid is not None:
+            mask = Image.fromarray(self._whole_valid[y : y + h, x : x + w])
+            ok = np.asarray(mask.resize(size, Image.Resampling.NEAREST))
+        return _paste(part, ok, rgb, valid, at)
 
     def _decode_whole(self) -> tuple[np.ndarray, np.ndarray | None]:
         """The whole image as ``(rows, cols, 3)`` uint8 and its valid pixels (``None``: all valid)."""
@@ -537,6 +564,24 @@ class Scene:
                 block_rows,
                 self.path,
             )
+
+
+def _paste(
+    part: np.ndarray, ok: np.ndarray | None, rgb: np.ndarray, valid: np.ndarray, at: tuple[int, int, int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``rgb`` / ``valid`` with ``part`` and its valid pixels ``ok`` (``None``: all valid) put at rows ``r0:r1``,
+    columns ``c0:c1`` (``at``), as :meth:`Scene.read` does: nodata inside the scene is black, only the outside
+    is padding."""
+    r0, r1, c0, c1 = at
+    if ok is None:
+        rgb[r0:r1, c0:c1] = part
+        valid[r0:r1, c0:c1] = True
+    elif not ok.any():
+        rgb[r0:r1, c0:c1] = 0
+    else:
+        rgb[r0:r1, c0:c1] = np.where(ok[..., None], part, 0)
+        valid[r0:r1, c0:c1] = ok
+    return rgb, valid
 
 
 def open_scene(source: SceneSource, bands: tuple[int, ...] | None = None, gsd: float | None = None) -> Scene:

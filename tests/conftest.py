@@ -15,6 +15,7 @@ PRETRAINED = ROOT / "weights" / "pretrained"
 # Ultralytics reads these at import; set them before any test imports it (tests only, never the package).
 os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="yolo-cfg-"))
 os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("DETECTOR_OPENVINO_CACHE", tempfile.mkdtemp(prefix="openvino-cache-"))  # not ~/.cache
 
 
 @pytest.fixture(scope="session")

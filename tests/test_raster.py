@@ -545,7 +545,8 @@ def test_png_opens_without_rasterio_warnings(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["chip.png", "chip.jpg", "rgba.png", "striped.tif", "tiled.tif"])
 def test_windows_cut_from_the_whole_image_equal_windowed_reads(tmp_path: Path, name: str) -> None:
     """A strip-organised 8-bit RGB image is decoded once and its windows are cut from memory; every window
-    (inside, across the edges, outside, all-nodata, resampled) reads as GDAL's windowed read gives it."""
+    (inside, across the edges, outside, all-nodata) reads as GDAL's windowed read gives it, and a window made
+    smaller (averaged in memory by PIL's box filter) as GDAL's averaged read, to a grey level."""
     rows, cols = 300, 420
     array = _noisy_rgb(rows, cols, seed=3)
     path = tmp_path / name
@@ -566,8 +567,13 @@ def test_windows_cut_from_the_whole_image_equal_windowed_reads(tmp_path: Path, n
         (Window(350, 250, 128, 128), None),
         (Window(0, 0, 50, 300), None),  # all nodata in rgba.png
         (Window(500, 0, 64, 64), None),  # outside
-        (Window(10, 10, 200, 200), (100, 100)),  # resampled: GDAL's path
         (Window(10.5, 10, 64, 64), None),  # fractional offset: GDAL's path
+        (Window(10, 10, 64, 64), (128, 128)),  # enlarged: GDAL's path
+    ]
+    smaller = [
+        (Window(10, 10, 200, 200), (100, 100)),
+        (Window(0, 0, cols, rows), (240, 336)),  # the quicklook's read: the whole scene, 1.25x smaller
+        (Window(-20, 250, 128, 128), (50, 50)),  # across the edge
     ]
     with open_scene(path) as fast, open_scene(path) as plain:
         assert fast._read_whole is (name != "tiled.tif")
@@ -577,6 +583,20 @@ def test_windows_cut_from_the_whole_image_equal_windowed_reads(tmp_path: Path, n
             b_rgb, b_valid = plain.read(window, out_shape=shape)
             np.testing.assert_array_equal(a_valid, b_valid, err_msg=str(window))
             np.testing.assert_array_equal(a_rgb, b_rgb, err_msg=str(window))
+        for window, shape in smaller:
+            a_rgb, a_valid = fast.read(window, out_shape=shape)
+            b_rgb, b_valid = plain.read(window, out_shape=shape)
+            assert a_rgb.shape == b_rgb.shape == (*shape, 3)
+            assert (a_valid == b_valid).mean() > 0.98, window  # hole edges may fall one pixel apart
+            both = a_valid & b_valid
+            assert both.sum() > 300  # something to compare
+            # on this noise image two area averages of a 1.25x step differ per pixel (other kernel weights,
+            # ~4 grey levels), not over a few pixels: compare 5x5 block means where both are valid
+            a, b = (np.where(both[..., None], x, 0).astype(float) for x in (a_rgb, b_rgb))
+            r, c = (shape[0] // 5) * 5, (shape[1] // 5) * 5
+            blocks = [x[:r, :c].reshape(r // 5, 5, c // 5, 5, 3).mean(axis=(1, 3)) for x in (a, b)]
+            full = both[:r, :c].reshape(r // 5, 5, c // 5, 5).all(axis=(1, 3))
+            assert np.abs(blocks[0] - blocks[1])[full].mean() < 1.0, window
         assert (fast._whole is not None) is (name != "tiled.tif")
     assert fast._whole is None  # let go on close
 

@@ -42,6 +42,21 @@ log = logging.getLogger(__name__)
 
 #: Input shapes a dynamic-axes model keeps a compiled copy for (least recently used dropped first).
 STATIC_SHAPES = 4
+#: Environment variable naming the folder of OpenVINO's model cache (empty: no cache); see :func:`cache_dir`.
+CACHE_ENV = "DETECTOR_OPENVINO_CACHE"
+
+
+def cache_dir() -> Path | None:
+    """Where compiled models are kept between runs (OpenVINO's model cache: a later process loads a model
+    compiled before in ~0.2 s instead of compiling it in ~1 s): ``$DETECTOR_OPENVINO_CACHE``, else
+    ``$XDG_CACHE_HOME/detector/openvino`` (``~/.cache/detector/openvino``); ``None`` when the variable is set
+    but empty (no cache). The cache is keyed by the model, its input shape and the settings, so a changed file
+    is compiled afresh."""
+    value = os.environ.get(CACHE_ENV)
+    if value is not None:
+        return Path(value).expanduser() if value.strip() else None
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "detector" / "openvino"
 
 
 def _openvino(path: Path) -> Any:
@@ -145,6 +160,13 @@ class OpenVinoPredictor:
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_PRECISION_HINT": "f32",
         }
+        cache = cache_dir()
+        if cache is not None:
+            try:
+                cache.mkdir(parents=True, exist_ok=True)
+                self._config["CACHE_DIR"] = str(cache)
+            except OSError as e:  # a read-only home: compile every time
+                log.debug("no OpenVINO model cache in %s: %s", cache, e)
         #: infer requests by input shape, most recently used last
         self._requests: OrderedDict[tuple[int, ...], Any] = OrderedDict()
         if self.fixed_size is not None:  # one shape: compiled now, so a broken file fails at load
