@@ -105,6 +105,30 @@ def test_openvino_compiles_each_tile_shape_once_and_keeps_a_few(
     assert len(first) > 5 and _match(first, again, box_atol=1e-4, score_atol=1e-6) == 1.0
 
 
+def test_compiled_models_are_cached_between_runs_where_asked(
+    shipped: Path, real_tiles: np.ndarray, tmp_path: Path, monkeypatch
+):
+    pytest.importorskip("openvino")
+    from detector.backends.openvino import cache_dir
+
+    monkeypatch.setenv("DETECTOR_OPENVINO_CACHE", "")
+    assert cache_dir() is None
+    monkeypatch.delenv("DETECTOR_OPENVINO_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "detector" / "openvino"
+    monkeypatch.setenv("DETECTOR_OPENVINO_CACHE", str(tmp_path / "ov"))
+    tile = np.ascontiguousarray(real_tiles[:1, :256, :256])
+    first = load_predictor(shipped, threads=2, runtime="openvino").predict_batch(tile)[0]
+    blobs = list((tmp_path / "ov").iterdir())
+    assert blobs and not (tmp_path / "xdg").exists()
+    again = load_predictor(shipped, threads=2, runtime="openvino").predict_batch(tile)[0]  # from the cache
+    assert sorted((tmp_path / "ov").iterdir()) == sorted(blobs)
+    assert len(first) > 3 and _match(first, again, box_atol=1e-4, score_atol=1e-6) == 1.0
+    (tmp_path / "ro").write_text("a file, not a folder")
+    monkeypatch.setenv("DETECTOR_OPENVINO_CACHE", str(tmp_path / "ro" / "cache"))
+    assert len(load_predictor(shipped, threads=2, runtime="openvino").predict_batch(tile)[0]) == len(first)
+
+
 def test_detector_load_with_openvino(shipped: Path, shared_data: Path):
     pytest.importorskip("openvino")
     from detector.pipeline import Detector
