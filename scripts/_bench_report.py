@@ -536,6 +536,28 @@ def render(s: Any, r: dict[str, Any]) -> str:
                 ]
             )
         L += [_table(head, rows), "", "Bold: the setting the rest of this report runs.", ""]
+    # ---- (w)
+    whole = r.get("w")
+    if whole and whole.get("median"):
+        L += ["## (w) Whole processes, as a user starts them", ""]
+        L += [
+            f"The **{whole['scene']}** scene, each command run {_calls(len(whole['walls']['ours']), 'time')} "
+            "in alternation, wall time from start to exit (median): imports, loading the model, reading, the "
+            "tiles, merging and, for ours, writing the default outputs (GeoJSON and the quicklook). "
+            "`ours`: `detector predict SCENE -o DIR`; `INT8`: the same with `-w weights/detector-int8.onnx "
+            "--runtime openvino` (OpenVINO's model cache filled by one run before, as any earlier run on the "
+            "machine fills it); `SAHI`: a fresh Python process importing SAHI and loading the same weights for one "
+            f"`get_sliced_prediction` with its defaults (slices of {s.tile} px, overlap ratio "
+            f"{s.overlap_ratio:g}, the whole-image pass; torch threads as Ultralytics sets them), writing nothing.",
+            "",
+        ]
+        med = whole["median"]
+        names = {"ours": "ours (fp32, onnxruntime)", "int8": "ours INT8 (OpenVINO)", "sahi": "SAHI default"}
+        rows = [
+            [names[k], fmt_s(v), ", ".join(fmt_s(x) for x in whole["walls"][k]), f"{med['sahi'] / v:.2f}x"]
+            for k, v in med.items()
+        ]
+        L += [_table(["process", "median s", "runs s", "SAHI / this"], rows), ""]
     # ---- targets
     L += ["## Targets", ""] + [f"- {t}" for t in targets(s, r)] + [""]
     return "\n".join(L)
@@ -692,6 +714,18 @@ def targets(s: Any, r: dict[str, Any]) -> list[str]:
         top = max(v for x in d["runs"].values() for v in x["worker_peak_rss"].values())
         out.append(
             f"Peak RSS <= 1.5 GB per Dask worker: max {top / 2**30:.2f} GB, {mark(top <= MEMORY_TARGET)}."
+        )
+    w = (r.get("w") or {}).get("median") or {}
+    if "ours" in w and "sahi" in w:
+        d = w["sahi"] / w["ours"]
+        out.append(
+            f"Whole process at least {SPEEDUP_DEFAULT:g}x faster than SAHI's default: {d:.2f}x, "
+            f"{mark(d >= SPEEDUP_DEFAULT)}."
+        )
+    if "ours" in w and "int8" in w:
+        q = w["ours"] / w["int8"]
+        out.append(
+            f"Whole process INT8 (OpenVINO) at least 1.5x faster than fp32: {q:.2f}x, {mark(q >= 1.5)}."
         )
     if s.quick:
         out.append("Quick run: none of these verdicts counts; run `make bench` on an idle machine.")

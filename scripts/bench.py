@@ -23,6 +23,8 @@ Sections:
     2560 px scenes and on a generated 20000 px scene split into blocks of tiles, with every worker's peak RSS.
 (t) **Tiling**: tile size and overlap in pixels on the headline scene, seconds and mAP50 for each (the
     measurement behind the default tiling).
+(w) **Whole processes** on the headline scene, as a user starts them: ``detector predict`` (fp32, and INT8 on
+    OpenVINO) against a fresh Python process running SAHI's default, start to exit.
 
 Each measurement runs in a fresh subprocess (``scripts/_bench_worker.py``), so peak RSS values do not mix and
 the ONNX side never imports torch. Measurements run one after another, never in parallel. Progress goes to
@@ -39,6 +41,7 @@ Usage::
     python scripts/bench.py --quick                     # -> build/bench/BENCHMARKS.quick.md
     python scripts/bench.py --dota --sections a,b       # the DOTA yolov8n-obb at 1024 px
     python scripts/bench.py --sections c,d --memory-sides 5000,10000
+    python scripts/bench.py --sections w                # whole processes only (detector predict vs SAHI)
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ DOTA_PT = ROOT / "weights" / "pretrained" / "yolov8n-obb.pt"
 DOTA_TILE, DOTA_OVERLAP = 1024, 0.2
 DEFAULT_CACHE = ROOT / "build" / "bench"
 EVAL_SET = "dota/demo"
-SECTIONS = ("a", "b", "c", "d", "t")
+SECTIONS = ("a", "b", "c", "d", "t", "w")
 #: Section (t): tile sizes and overlaps (pixels) tried on the headline scene.
 SWEEP_TILES = (640, 1024)
 SWEEP_OVERLAPS = (64, 128, 160, 192)
@@ -592,6 +595,88 @@ def section_t(s: Settings, scenes: list[BenchScene], spec: dict[str, Any]) -> di
     }
 
 
+#: The SAHI side of (w): a whole Python process that imports SAHI, loads the weights and slices one scene with
+#: SAHI's defaults (argv: weights, scene, slice, overlap ratio, conf); it writes nothing.
+SAHI_PROCESS = """
+import sys
+from sahi import AutoDetectionModel
+from sahi.predict import get_sliced_prediction
+weights, scene, tile, overlap, conf = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+model = AutoDetectionModel.from_pretrained(
+    model_type="ultralytics", model_path=weights, device="cpu", confidence_threshold=conf
+)
+result = get_sliced_prediction(
+    scene, model, slice_height=tile, slice_width=tile, overlap_height_ratio=overlap, overlap_width_ratio=overlap,
+    verbose=0,
+)
+print(len(result.object_prediction_list))
+"""
+
+
+def section_w(s: Settings, scenes: list[BenchScene]) -> dict[str, Any]:
+    """Whole processes on the headline scene, as a user starts them, each ``max(repeats, 3)`` times in
+    alternation: ``detector predict SCENE -o DIR`` with its defaults (GeoJSON and quicklook written), the same
+    with the INT8 model on OpenVINO (its model cache warmed by one run first), and SAHI's default in a fresh
+    Python process (:data:`SAHI_PROCESS`: import, load, one sliced prediction, nothing written). Wall time from
+    start to exit; medians."""
+    head = next((sc for sc in scenes if sc.headline), None)
+    if head is None:
+        return {}
+    out = s.cache / "whole"
+    detector = [sys.executable, "-c", "import sys; from detector.cli import main; sys.exit(main())"]
+    sides: dict[str, list[str]] = {
+        "ours": [*detector, "predict", str(head.path), "-o", str(out / "ours"), "--overwrite"],
+        "sahi": [
+            sys.executable,
+            "-c",
+            SAHI_PROCESS,
+            str(s.pt),
+            str(head.path),
+            str(s.tile),
+            str(s.overlap_ratio),
+            str(s.conf),
+        ],
+    }
+    if s.int8 is not None and s.int8.is_file():
+        sides["int8"] = [
+            *detector,
+            "predict",
+            str(head.path),
+            "-o",
+            str(out / "int8"),
+            "--overwrite",
+            "-w",
+            str(s.int8),
+            "--runtime",
+            "openvino",
+        ]
+    env = child_env(s.cache)
+    env.setdefault("DETECTOR_OPENVINO_CACHE", str(s.cache / "openvino-cache"))
+
+    def run(name: str) -> float:
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            sides[name], cwd=ROOT, env=env, capture_output=True, text=True, timeout=s.timeout
+        )
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise BenchError(f"whole process {name} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+        return wall
+
+    if "int8" in sides:
+        run("int8")  # fills OpenVINO's model cache, as any earlier run on the machine would have
+    walls: dict[str, list[float]] = {k: [] for k in sides}
+    for k in range(1 if s.quick else max(s.repeats, 3)):
+        for name in sides:
+            walls[name].append(run(name))
+            log(f"whole process {name} [{k + 1}]: {walls[name][-1]:.2f} s")
+    return {
+        "scene": head.name,
+        "walls": walls,
+        "median": {k: float(np.median(v)) for k, v in walls.items()},
+    }
+
+
 def largest_object_px(labels: Any) -> float | None:
     """The long side (pixels) of the largest labelled object of a scene: what the overlap must hold whole."""
     sides = []
@@ -732,7 +817,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     )
     p.add_argument(
         "--sections",
-        default="a,b,c,d,t",
+        default="a,b,c,d,t,w",
         help="a: vs SAHI, b: overhead over the floor, c: memory, d: Dask, t: tiling sweep "
         "(default: a,b,c,d,t)",
     )
@@ -932,6 +1017,10 @@ def main(argv: list[str] | None = None) -> int:
         if not scenes:
             scenes, spec = comparison_scenes(s)
         r["t"] = section_t(s, scenes, spec)
+    if "w" in s.sections:
+        if not scenes:
+            scenes, spec = comparison_scenes(s)
+        r["w"] = section_w(s, scenes)
     r["load_after"] = os.getloadavg()[0]
     r["took_s"] = time.perf_counter() - t_start
     r["_scenes"] = scenes
