@@ -148,7 +148,7 @@ def test_quick_mode_never_writes_benchmarks_md(capsys: pytest.CaptureFixture[str
     assert full.out == ROOT / "BENCHMARKS.md" and full.memory_sides == [5000, 10000]
     assert full.dask_split_side == 20000 and full.dask_workers == (1, 2)
     assert full.headline == 2560 and full.repeats == 3 and full.scenes is None
-    assert full.sections == ("a", "b", "c", "d", "t")
+    assert full.sections == ("a", "b", "c", "d", "t", "w")
     with pytest.raises(SystemExit):
         bench.parse_args(["--sections", "a,x"])
 
@@ -324,3 +324,15 @@ def test_ours_job_runs_the_plain_grid_when_asked(tmp_path: Path, shared_data: Pa
     balanced = worker.run_ours({**job, "grow": None})
     assert (plain["tiles_run"], plain["tile_size"]) == (16, 640)
     assert (balanced["tiles_run"], balanced["tile_size"]) == (9, 704)
+
+
+def test_whole_process_targets_read_the_medians() -> None:
+    import _bench_report
+
+    s = SimpleNamespace(quick=False, sahi_threads=2)
+    lines = _bench_report.targets(s, {"w": {"median": {"ours": 4.0, "sahi": 13.0, "int8": 2.5}}})
+    assert "Whole process at least 3x faster than SAHI's default: 3.25x, **met**." in lines
+    assert "Whole process INT8 (OpenVINO) at least 1.5x faster than fp32: 1.60x, **met**." in lines
+    slow = _bench_report.targets(s, {"w": {"median": {"ours": 5.0, "sahi": 13.0, "int8": 5.0}}})
+    assert any("2.60x, **NOT met**" in x for x in slow) and any("1.00x, **NOT met**" in x for x in slow)
+    assert not [x for x in _bench_report.targets(s, {}) if "Whole process" in x]
