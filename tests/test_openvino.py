@@ -91,16 +91,16 @@ def test_openvino_compiles_each_tile_shape_once_and_keeps_a_few(
 
     monkeypatch.setattr(backend, "STATIC_SHAPES", 2)
     ov = load_predictor(shipped, threads=2, runtime="openvino")
-    assert ov.fixed_size is None and not ov._requests  # nothing compiled before the first tile
+    assert ov.fixed_size is None and not ov._compiled  # nothing compiled before the first tile
     tiles = {s: np.ascontiguousarray(real_tiles[:1, :s, :s]) for s in (320, 256, 192)}
     first = ov.predict_batch(tiles[320])[0]
-    compiled = ov._requests[(1, 3, 320, 320)]
+    compiled = ov._compiled[(1, 3, 320, 320)]
     ov.predict_batch(tiles[320])
-    assert list(ov._requests) == [(1, 3, 320, 320)] and ov._requests[(1, 3, 320, 320)] is compiled
+    assert list(ov._compiled) == [(1, 3, 320, 320)] and ov._compiled[(1, 3, 320, 320)] is compiled
     ov.predict_batch(tiles[256])
     ov.predict_batch(tiles[320])  # used again: now the most recent
     ov.predict_batch(tiles[192])
-    assert list(ov._requests) == [(1, 3, 320, 320), (1, 3, 192, 192)]
+    assert list(ov._compiled) == [(1, 3, 320, 320), (1, 3, 192, 192)]
     again = ov.predict_batch(tiles[320])[0]
     assert len(first) > 5 and _match(first, again, box_atol=1e-4, score_atol=1e-6) == 1.0
 

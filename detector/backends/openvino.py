@@ -167,8 +167,8 @@ class OpenVinoPredictor:
                 self._config["CACHE_DIR"] = str(cache)
             except OSError as e:  # a read-only home: compile every time
                 log.debug("no OpenVINO model cache in %s: %s", cache, e)
-        #: infer requests by input shape, most recently used last
-        self._requests: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+        #: the compiled models' infer requests by input shape, most recently used last
+        self._compiled: OrderedDict[tuple[int, ...], Any] = OrderedDict()
         if self.fixed_size is not None:  # one shape: compiled now, so a broken file fails at load
             self._compile(model, None)
         log.info(
@@ -191,24 +191,24 @@ class OpenVinoPredictor:
                 f"{self.path}: OpenVINO cannot compile the model"
                 f"{f' for input {list(shape)}' if shape else ''}: {type(e).__name__}: {e}"
             ) from e
-        self._requests[shape or ()] = request
+        self._compiled[shape or ()] = request
         return request
 
     def _request(self, shape: tuple[int, ...]) -> Any:
         """The infer request for an input of ``shape``: the only one of a fixed-size file; for a dynamic one,
         a copy of the model compiled with that shape fixed (kept for the next :data:`STATIC_SHAPES` shapes)."""
         if self.fixed_size is not None:
-            return self._requests[()]
-        request = self._requests.get(shape)
+            return self._compiled[()]
+        request = self._compiled.get(shape)
         if request is not None:
-            self._requests.move_to_end(shape)
+            self._compiled.move_to_end(shape)
             return request
         model = self._model.clone()
         model.reshape({model.input(0).get_any_name(): list(shape)})
         log.debug("%s: compiling for input %s", self.path.name, list(shape))
         request = self._compile(model, shape)
-        while len(self._requests) > STATIC_SHAPES:
-            self._requests.popitem(last=False)
+        while len(self._compiled) > STATIC_SHAPES:
+            self._compiled.popitem(last=False)
         return request
 
     def run(self, x: np.ndarray) -> np.ndarray:
