@@ -144,11 +144,12 @@ def fit(
     return _report("cross_fill", s, objects, len(images))
 
 
-def _report(key: str, samples: np.ndarray, objects: int, images: int) -> dict[str, Any]:
-    """A fit's report: the median of the samples clipped to [0, 1] as ``key``, and what it came from."""
+def _report(key: str, samples: np.ndarray, objects: int, images: int, *, clip: bool = True) -> dict[str, Any]:
+    """A fit's report: the median of the samples (clipped to [0, 1] for a fill) as ``key``, and what it came
+    from."""
     q = np.percentile(samples, [25, 50, 75])
     return {
-        key: round(float(np.clip(q[1], 0.0, 1.0)), 3),
+        key: round(float(np.clip(q[1], 0.0, 1.0) if clip else q[1]), 3),
         "samples": int(len(samples)),
         "objects": objects,
         "images": images,
@@ -270,16 +271,11 @@ def fit_discs(detector: Any, images: Sequence[LabeledImage], *, min_iou: float =
     if not len(s):
         raise DetectorError("no helicopter matched a label: cannot fit disc_scale")
     d, g = np.concatenate(dets), np.concatenate(discs)
-    scale = round(float(np.median(s)), 3)
-    hits = [float(np.mean(np.diag(box_iou_xyxy(b, g)) >= 0.5)) for b in (d, fuselage_discs(d, scale))]
-    q = np.percentile(s, [25, 75])
+    report = _report("disc_scale", s, objects, len(images), clip=False)
+    after = fuselage_discs(d, report["disc_scale"])
+    hits = [float(np.mean(np.diag(box_iou_xyxy(b, g)) >= 0.5)) for b in (d, after)]
     return {
-        "disc_scale": scale,
-        "samples": int(len(s)),
-        "objects": objects,
-        "images": len(images),
-        "p25": round(float(q[0]), 3),
-        "p75": round(float(q[1]), 3),
+        **report,
         "disc_iou50_before": round(hits[0], 3),
         "disc_iou50_after": round(hits[1], 3),
         "rules": disc_rules(d, g),
