@@ -108,6 +108,7 @@ def load_predictor(
     max_det: int = 1000,
     threads: int | None = None,
     runtime: str = "onnxruntime",
+    streams: int | None = None,
 ) -> Predictor:
     """Open a model file as a :class:`~detector.backends.base.Predictor`.
 
@@ -125,6 +126,9 @@ def load_predictor(
             ``torch.set_num_threads``); ``None`` for the number of CPUs.
         runtime: what runs an ``.onnx`` file: ``"onnxruntime"`` (default) or ``"openvino"`` (needs the
             ``[openvino]`` extra). Ignored for ``.pt`` files, which always run with PyTorch.
+        streams: ``.onnx`` files on the CPU: model calls run at once, sharing ``threads``
+            (``None``: :data:`~detector.backends.base.CPU_STREAMS`; see :class:`~detector.backends.base.Streams`).
+            The PyTorch backend runs one.
 
     Raises:
         ModelError: the file is missing, not a model, unsafe, lacks metadata, has an unknown extension, or
@@ -140,10 +144,14 @@ def load_predictor(
         if runtime == "openvino":
             from detector.backends.openvino import OpenVinoPredictor
 
-            return OpenVinoPredictor(p, device=device, conf=conf, iou=iou, max_det=max_det, threads=threads)
+            return OpenVinoPredictor(
+                p, device=device, conf=conf, iou=iou, max_det=max_det, threads=threads, streams=streams
+            )
         from detector.backends.onnx import OnnxPredictor
 
-        return OnnxPredictor(p, device=device, conf=conf, iou=iou, max_det=max_det, threads=threads)
+        return OnnxPredictor(
+            p, device=device, conf=conf, iou=iou, max_det=max_det, threads=threads, streams=streams
+        )
     if suffix == ".pt":
         from detector.backends.torch import TorchPredictor
 

@@ -184,7 +184,7 @@ def render(s: Any, r: dict[str, Any]) -> str:
         f"square tiles of {s.tile} px up to 1.25x that, whichever needs the fewest model pixels, overlap at least "
         f"{_overlap(s)}; the (a) table's `tiles` column); ours {_batch_text(s, _batches_used(r))}; operating confidence {s.conf} on both sides (SAHI's own default is 0.3); each tool's "
         "own within-tile NMS defaults (ours IoU 0.6, Ultralytics 0.7).",
-        f"- **Threads**: ours: onnxruntime intra-op {_threads_ours(r)}, inter-op 1, plus one read-ahead thread. "
+        f"- **Threads**: ours: {_threads_ours(r)}, inter-op 1, plus one read-ahead thread. "
         + (
             f"SAHI default: torch threads as Ultralytics leaves them ({_threads_sahi(r, 'sahi')}). SAHI "
             f"{s.sahi_threads} threads: `torch.set_num_threads({s.sahi_threads})` after loading and again after "
@@ -364,10 +364,12 @@ def render(s: Any, r: dict[str, Any]) -> str:
             "The floor is bare `session.run` of the pipeline's own onnxruntime session (the same object, so the "
             f"same options: intra-op {any_row['intra_op_threads']}, inter-op {any_row['inter_op_threads']}, "
             f"{any_row['provider']}) on every tile of the scene's plan, inputs normalised before the clock "
-            f"starts, in the pipeline's own calls: {_batch_text(s, b_used)}{rest}. Pipeline (`Detector.predict`) and "
+            f"starts, in the pipeline's own calls: {_batch_text(s, b_used)}{rest}, each call's tiles split over "
+            f"the predictor's {any_row.get('streams', 1)} stream(s) as the pipeline splits them (one tile per "
+            "stream at once). Pipeline (`Detector.predict`) and "
             f"floor are timed in alternation in the same process, {any_row.get('rounds', 1)} rounds each, so that the "
             "drift of a shared machine falls on both; `pipeline s` and `floor s` are their medians, and `ms per tile, "
-            "batch 1` is one tile's `session.run` alone (median of "
+            "batch 1` is one tile's `session.run` alone, on one stream's threads (median of "
             f"{_calls(1 if s.quick else max(s.repeats, 3))}). Overhead = pipeline median / floor median - 1: reading "
             "and decoding the image, normalisation, decoding the outputs, NMS, moving to scene pixels, merging.",
             "",
@@ -603,7 +605,7 @@ def _batch_text(s: Any, used: list[int]) -> str:
     how = (
         f"as `--batch {forced}` asks"
         if forced is not None
-        else "the backend's own choice (`TileConfig(batch=None)`: 1 on the CPU, 8 on CUDA)"
+        else "the backend's own choice (`TileConfig(batch=None)`: 1 per stream on the CPU, 8 on CUDA)"
     )
     used = used or ([int(forced)] if forced is not None else [])
     if not used:
@@ -617,10 +619,13 @@ def _calls(n: int, what: str = "call") -> str:
 
 
 def _threads_ours(r: dict[str, Any]) -> str:
+    """``"onnxruntime: 2 streams (tiles at once) of intra-op 1"`` from the first ``ours`` job that says."""
     for row in (r.get("a") or {}).values():
         if isinstance(row, dict) and "ours" in row and row["ours"].get("intra_op_threads"):
-            return str(row["ours"]["intra_op_threads"])
-    return f"os.cpu_count() = {os.cpu_count()}"
+            ours = row["ours"]
+            n = int(ours.get("streams") or 1)
+            return f"onnxruntime {n} stream{'s' if n != 1 else ''} (tiles at once) of intra-op {ours['intra_op_threads']}"
+    return f"onnxruntime intra-op os.cpu_count() = {os.cpu_count()}"
 
 
 def _threads_sahi(r: dict[str, Any], key: str, detail: bool = False) -> str:

@@ -130,6 +130,7 @@ def run_ours(job: dict[str, Any]) -> dict[str, Any]:
         "peak_rss": peak,
         "torch_imported": "torch" in sys.modules,
         "intra_op_threads": _ort_threads(det.predictor),
+        "streams": _streams(det.predictor),
         "runtime": runtime,
         "tile_size": int(dets.meta.get("tile", -1)),
         "batch": det.tiles_per_call(cfg),
@@ -157,6 +158,26 @@ def run_ours(job: dict[str, Any]) -> dict[str, Any]:
         save_detections(job.get("save_ap"), d.xyxy, d.xywhr, d.scores, d.class_ids, d.class_names)
         out["n_dets_ap"] = len(d)
     return out
+
+
+def _streams(predictor: Any) -> int:
+    """Model calls the predictor runs at once (:class:`detector.backends.base.Streams`; 1 when it has none)."""
+    streams = getattr(predictor, "streams", None)
+    return int(getattr(streams, "n", 1))
+
+
+def _run_calls(det: Any) -> Any:
+    """``run(x)``: bare ``session.run`` of the predictor's own session on a normalised batch, split over its
+    streams as the pipeline's calls are (:meth:`detector.backends.base.Streams.map`)."""
+    session = det.predictor.session
+    name_in, name_out = session.get_inputs()[0].name, session.get_outputs()[0].name
+    streams = getattr(det.predictor, "streams", None)
+
+    def part(x: np.ndarray, stream: int = 0) -> list[None]:
+        session.run([name_out], {name_in: x})
+        return [None] * len(x)
+
+    return (lambda x: streams.map(part, x)) if streams is not None else part
 
 
 def _ort_threads(predictor: Any) -> int | None:
@@ -315,19 +336,19 @@ def plan_tiles(det: Any, scene_path: str, cfg: Any) -> list[np.ndarray]:
 
 def measure_floor(det: Any, tiles: list[np.ndarray], sizes: list[int], repeats: int) -> dict[str, Any]:
     """Bare ``session.run`` time per batch size, on the predictor's own session and real tiles of the scene
-    (:func:`plan_tiles`).
+    (:func:`plan_tiles`), a batch split over the predictor's streams as the pipeline splits it (one tile runs
+    alone, on one stream's threads).
 
     The input is normalised before the clock starts; decoding, NMS and everything else are left out.
     """
     from detector.backends.onnx import to_input
 
-    session = det.predictor.session
-    name_in, name_out = session.get_inputs()[0].name, session.get_outputs()[0].name
+    run = _run_calls(det)
     out: dict[str, Any] = {}
     for b in sorted(set(sizes)):
         x = to_input(np.stack([tiles[i % len(tiles)] for i in range(b)]))
-        session.run([name_out], {name_in: x})  # warm-up for this shape
-        times, _ = timed(lambda x=x: session.run([name_out], {name_in: x}), repeats)
+        run(x)  # warm-up for this shape
+        times, _ = timed(lambda x=x: run(x), repeats)
         out[str(b)] = {**summary(times), "per_tile_median": statistics.median(times) / b}
     return out
 
@@ -338,13 +359,13 @@ def alternate_with_floor(
     """Pipeline and floor timed in alternation, ``rounds`` times each, in this process.
 
     The floor is bare ``session.run`` on *every* tile of the scene's plan (``tiles``, :func:`plan_tiles`), in the
-    pipeline's calls (``batches``), inputs normalised before the clock starts. Alternating cancels the drift of
-    a shared machine that two blocks of calls, one after the other, pick up as overhead.
+    pipeline's calls (``batches``, each split over the predictor's streams), inputs normalised before the clock
+    starts. Alternating cancels the drift of a shared machine that two blocks of calls, one after the other,
+    pick up as overhead.
     """
     from detector.backends.onnx import to_input
 
-    session = det.predictor.session
-    name_in, name_out = session.get_inputs()[0].name, session.get_outputs()[0].name
+    run = _run_calls(det)
     inputs, start = [], 0
     for b in batches:
         inputs.append(to_input(np.stack(tiles[start : start + b])))
@@ -352,7 +373,7 @@ def alternate_with_floor(
 
     def floor() -> None:
         for x in inputs:
-            session.run([name_out], {name_in: x})
+            run(x)
 
     pipe_t, floor_t = [], []
     for _ in range(rounds):

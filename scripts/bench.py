@@ -453,6 +453,7 @@ def section_b(s: Settings, scenes: list[BenchScene], timings: dict[str, Any]) ->
             "overhead": fl["alternated"]["overhead"],
             "rounds": fl["alternated"]["rounds"],
             "intra_op_threads": ours.get("intra_op_threads"),
+            "streams": ours.get("streams", 1),
             "inter_op_threads": fl["inter_op_threads"],
             "provider": fl["providers"][0],
         }

@@ -41,9 +41,9 @@ def _spy_calls(predictor: object, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     sizes: list[int] = []
     real = predictor.run  # type: ignore[attr-defined]
 
-    def run(x: np.ndarray) -> np.ndarray:
+    def run(x: np.ndarray, *stream: int) -> np.ndarray:
         sizes.append(len(x))
-        return real(x)
+        return real(x, *stream)
 
     monkeypatch.setattr(predictor, "run", run)
     return sizes
@@ -151,10 +151,11 @@ def test_onnx_predictor_on_the_cpu_prefers_1_and_on_cuda_8(
 def test_openvino_predictor_prefers_1(onnx_model: Path) -> None:
     from detector.backends.openvino import OpenVinoPredictor
 
-    assert OpenVinoPredictor.preferred_batch == 1  # a class attribute: no OpenVINO needed to read it
     pytest.importorskip("openvino")
-    pred = OpenVinoPredictor(onnx_model, threads=1)
-    assert pred.preferred_batch == 1 and Detector(pred).tiles_per_call() == 1
+    pred = OpenVinoPredictor(onnx_model, threads=2)  # one stream unless asked
+    assert pred.streams.n == 1 and pred.preferred_batch == 1 and Detector(pred).tiles_per_call() == 1
+    two = OpenVinoPredictor(onnx_model, threads=2, streams=2)  # one tile per stream
+    assert two.preferred_batch == 2 and Detector(two).tiles_per_call() == 2
 
 
 def test_torch_predictor_on_the_cpu_prefers_1(pretrained_pt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -191,14 +192,19 @@ def test_real_model_batch_none_equals_batch_8_in_one_call_per_tile(
     onnx_model: Path, chip: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     det = Detector.load(onnx_model, threads=2)
+    assert det.predictor.streams.n == 2 and det.tiles_per_call() == 2  # one tile per stream
     sizes = _spy_calls(det.predictor, monkeypatch)
-    default = det.predict(chip)  # TileConfig() : batch None -> the CPU session's 1
+    default = det.predict(chip)  # TileConfig() : batch None -> one tile per stream on the CPU
     tiles = default.meta["tiles_run"]
     assert default.meta["tiles"] == tiles > 1
     assert sizes == [1] * tiles  # one session call per tile
     sizes.clear()
     eight = det.predict(chip, tile=TileConfig(batch=8))
-    assert sizes == [min(8, tiles)] * (tiles // 8) + ([tiles % 8] if tiles % 8 else [])
+    batches = [min(8, tiles)] * (tiles // 8) + ([tiles % 8] if tiles % 8 else [])
+    halves = [n - n // 2 if k else n // 2 for n in batches for k in (0, 1) if n > 1] + [
+        1 for n in batches if n == 1
+    ]
+    assert sorted(sizes) == sorted(halves)  # each batch split over the two streams
     _assert_same(default, eight)
 
 

@@ -4,6 +4,7 @@ the report. The numbers themselves are not checked here (they depend on the mach
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import rasterio
 
+from detector.backends.base import cpu_streams
 from detector.labels import Annotation, LabeledImage
 from detector.taxonomy import default_classes
 
@@ -225,11 +227,19 @@ def test_end_to_end_ours_floor_and_memory(tmp_path: Path, shared_data: Path) -> 
         row_b["floor"] > 0 and row_b["rounds"] == bench.floor_rounds(1) == 4
     )  # pipeline and floor alternated
     assert row_b["overhead"] == pytest.approx(row_b["pipeline"] / row_b["floor"] - 1)
-    # no --batch: the CPU session's own 1 tile per call, and the report says so
-    assert ours["batch"] == 1 and raw["b"]["scenes"][CHIP]["batches"] == [1] * 4
-    assert "1 tile per model call, the backend's own choice" in text and "batch=8" not in text
+    # no --batch: the CPU session's own 1 tile per stream in each call, and the report says so
+    n = cpu_streams(os.cpu_count() or 1)
+    assert ours["streams"] == row_b["streams"] == n and ours["intra_op_threads"] == max(
+        1, (os.cpu_count() or 1) // n
+    )
+    assert ours["batch"] == n and raw["b"]["scenes"][CHIP]["batches"] == [n] * (4 // n) + [1] * (4 % n)
+    assert (
+        f"{n} tile{'s' if n > 1 else ''} per model call, the backend's own choice" in text
+        and "batch=8" not in text
+    )
+    assert f"the predictor's {n} stream(s)" in text
     mem = raw["c"]["600"]  # one 640 px tile
-    assert mem["tiles"] == 1 and mem["peak_rss"] > 0 and not mem["torch_imported"] and mem["batch"] == 1
+    assert mem["tiles"] == 1 and mem["peak_rss"] > 0 and not mem["torch_imported"] and mem["batch"] == n
     assert not list(tmp_path.glob(".B.md.*"))  # the atomic write left no temporary file
 
 

@@ -12,12 +12,15 @@ Normalisation to the network's input range is the backend's job, as the metadata
 
 Tiles per call: a predictor may say how many tiles it runs best in one call (``preferred_batch``); the pipeline
 uses it unless ``TileConfig.batch`` forces a number (:func:`preferred_batch`). The shipped backends say
-:data:`CPU_BATCH` on the CPU and :data:`GPU_BATCH` on CUDA.
+:data:`CPU_BATCH` per stream on the CPU (:class:`Streams`: a few tiles run at once, each on its share of the
+threads) and :data:`GPU_BATCH` on CUDA.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -33,6 +36,11 @@ META_KEY = "detector_meta"
 #: (onnxruntime fp32), 1.56 s vs 1.64 s (OpenVINO INT8). A tile's activations stay in the cache, and a call holds
 #: one tile's buffers instead of eight.
 CPU_BATCH = 1
+#: Model calls run at once on the CPU (:class:`Streams`), each with its share of the threads. A small network
+#: uses one core better than two: the same 16 tiles of 736 px on 2 cores, bare onnxruntime, 2.44 s one call
+#: at a time on 2 intra-op threads, 1.85-1.90 s two at a time on 1 thread each; OpenVINO INT8 1.48 s -> 1.29 s
+#: (medians of 5, alternated in one process; BENCHMARKS.md (b) has the pipeline's figures).
+CPU_STREAMS = 2
 #: Tiles per model call on a GPU (CUDA), where one call of many tiles keeps the device busy.
 GPU_BATCH = 8
 #: Tiles per model call for a predictor that does not say (no ``preferred_batch``): what the pipeline always ran.
@@ -159,3 +167,47 @@ def preferred_batch(predictor: Any, batch: int | None = None) -> int:
             f"{type(predictor).__name__}.preferred_batch must be a positive integer, got {own!r}"
         )
     return int(own)
+
+
+def cpu_streams(threads: int, streams: int | None = None) -> int:
+    """How many model calls run at once on ``threads`` CPU threads: ``streams`` (``None``:
+    :data:`CPU_STREAMS`), at most one per thread.
+
+    Raises:
+        ValueError: ``streams`` is below 1.
+    """
+    n = CPU_STREAMS if streams is None else int(streams)
+    if n < 1:
+        raise ValueError(f"streams must be at least 1 (or None for {CPU_STREAMS}), got {streams!r}")
+    return max(1, min(n, int(threads)))
+
+
+class Streams:
+    """Runs the tiles of one batch as ``n`` model calls at once, in threads (onnxruntime and OpenVINO release the
+    GIL while they run), the tiles split in order into ``n`` contiguous parts.
+
+    ``call(tiles, stream)`` runs one part; ``stream`` (0 .. n-1) is distinct among the calls running at once, so
+    a backend may keep one infer request per stream. A batch of one tile, or ``n == 1``, runs in the caller's
+    thread.
+    """
+
+    def __init__(self, n: int) -> None:
+        if n < 1:
+            raise ValueError(f"Streams needs at least 1 stream, got {n!r}")
+        self.n = int(n)
+        self._pool: ThreadPoolExecutor | None = None
+
+    def map(self, call: Callable[[np.ndarray, int], list[Detections]], tiles: np.ndarray) -> list[Detections]:
+        """``call`` over the parts of ``tiles``: one :class:`Detections` per tile, in tile order."""
+        parts = min(self.n, len(tiles))
+        if parts <= 1:
+            return call(tiles, 0)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.n, thread_name_prefix="detector-model")
+        bounds = np.linspace(0, len(tiles), parts + 1).round().astype(int)
+        futures = [
+            self._pool.submit(call, tiles[a:b], k)
+            for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))
+        ]
+        wait(futures)  # every part ends before an error is raised: no call outlives the batch
+        return [dets for future in futures for dets in future.result()]

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from detector.backends.base import CPU_BATCH, GPU_BATCH, META_KEY, ModelMeta
+from detector.backends.base import CPU_BATCH, GPU_BATCH, META_KEY, ModelMeta, Streams, cpu_streams
 from detector.backends.decode import (  # noqa: F401  (MAX_NMS ... regularize_rboxes: old import paths)
     MAX_NMS,
     MAX_WH,
@@ -139,7 +139,10 @@ class OnnxPredictor:
         conf: score threshold (kept when ``score > conf``).
         iou: NMS IoU threshold (unused by end-to-end models).
         max_det: at most this many detections per tile.
-        threads: onnxruntime intra-op threads (``None``: all CPUs).
+        threads: CPU threads for the model (``None``: all CPUs), shared by the streams.
+        streams: on the CPU, model calls run at once, each on ``threads // streams`` onnxruntime intra-op
+            threads (``None``: :data:`~detector.backends.base.CPU_STREAMS`, at most ``threads``; see
+            :class:`~detector.backends.base.Streams`). One on CUDA.
     """
 
     def __init__(
@@ -151,9 +154,14 @@ class OnnxPredictor:
         iou: float = 0.6,
         max_det: int = 300,
         threads: int | None = None,
+        streams: int | None = None,
     ) -> None:
         self.path = Path(path)
-        self.session = open_session(self.path, device=device, threads=threads)
+        self.threads = int(threads or os.cpu_count() or 1)
+        n = 1 if str(device).lower().startswith("cuda") else cpu_streams(self.threads, streams)
+        self.session = open_session(self.path, device=device, threads=max(1, self.threads // n))
+        #: the model calls that run at once (one for CUDA, which takes big batches instead)
+        self.streams = Streams(n)
         self.meta = session_meta(self.session, self.path)
         self.conf, self.iou, self.max_det = float(conf), float(iou), int(max_det)
         self.lut = class_lut(self.meta)
@@ -166,20 +174,23 @@ class OnnxPredictor:
             raise ValueError(f"{self.path}: unsupported normalization {self.meta.normalization!r}")
         self._buffers = threading.local()  # one reused input buffer per calling thread (see to_input)
         log.info(
-            "loaded %s (%s, %s, imgsz %d, %s) on %s",
+            "loaded %s (%s, %s, imgsz %d, %s) on %s, %d stream(s) of %d thread(s)",
             self.path.name,
             self.meta.name or "unnamed",
             self.meta.task,
             self.meta.imgsz,
             "fixed input size" if self.fixed_size else "any tile size",
             self.session.get_providers()[0],
+            self.streams.n,
+            max(1, self.threads // self.streams.n),
         )
 
     @property
     def preferred_batch(self) -> int:
         """Tiles per call when ``TileConfig.batch`` is ``None``: :data:`~detector.backends.base.GPU_BATCH`
-        when the session runs on CUDA, else :data:`~detector.backends.base.CPU_BATCH`."""
-        return session_batch(self.session)
+        when the session runs on CUDA, else :data:`~detector.backends.base.CPU_BATCH` per stream."""
+        batch = session_batch(self.session)
+        return batch if batch == GPU_BATCH else batch * self.streams.n
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """The raw network output for a normalised float32 ``(B, 3, S, S)`` batch."""
@@ -194,6 +205,10 @@ class OnnxPredictor:
         if len(tiles) == 0:
             return []
         self.check_size(check_tiles(tiles))
+        return self.streams.map(self._predict, tiles)
+
+    def _predict(self, tiles: np.ndarray, stream: int = 0) -> list[Detections]:
+        """One stream's part of a batch (any stream may use the one session: ``run`` is thread-safe)."""
         out = self.run(self._input(tiles))
         return decode_batch(out, self.meta, self.lut, conf=self.conf, iou=self.iou, max_det=self.max_det)
 

@@ -2,8 +2,8 @@
 
 The same file onnxruntime runs: OpenVINO's ``Core.read_model`` reads the ONNX graph and keeps its
 ``metadata_props`` (our :class:`~detector.backends.base.ModelMeta` under ``META_KEY``) in the model's runtime
-info, so nothing besides the ``.onnx`` is needed. The model is compiled for the CPU with one stream, a
-latency hint, float32 precision for the layers that are not quantised (OpenVINO would otherwise pick bf16 on
+info, so nothing besides the ``.onnx`` is needed. The model is compiled for the CPU with ``streams`` streams
+(:class:`~detector.backends.base.Streams`: that many tiles run at once, one infer request each), float32 precision for the layers that are not quantised (OpenVINO would otherwise pick bf16 on
 CPUs that have it, which moves scores by more than onnxruntime's float32) and ``threads`` inference threads,
 as onnxruntime's intra-op threads are set. A file with dynamic axes is compiled once per input shape it meets
 (:data:`STATIC_SHAPES` of them kept), with that shape fixed: OpenVINO's CPU kernels for a static shape are
@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from detector.backends.base import CPU_BATCH, META_KEY, ModelMeta
+from detector.backends.base import CPU_BATCH, META_KEY, ModelMeta, Streams, cpu_streams
 from detector.backends.decode import (
     check_tile_size,
     check_tiles,
@@ -117,16 +118,16 @@ class OpenVinoPredictor:
         conf: score threshold (kept when ``score > conf``).
         iou: NMS IoU threshold (unused by end-to-end models).
         max_det: at most this many detections per tile.
-        threads: OpenVINO inference threads (``None``: all CPUs).
+        threads: OpenVINO inference threads (``None``: all CPUs), shared by the streams.
+        streams: tiles run at once, one infer request each, at most ``threads`` (``None``: 1, with a latency
+            hint: OpenVINO spreads one tile over the threads well, and two streams measured no faster in the
+            pipeline on the 2560 px headline scene, 2 cores: INT8 1.48 vs 1.63 s and 1.57 vs 1.53 s in two
+            alternated runs, while onnxruntime gains 1.17x from two).
 
     Raises:
         ModelError: see :func:`read_openvino_model`, or the model does not compile.
         ValueError: an unknown device or normalisation.
     """
-
-    #: Tiles per call when ``TileConfig.batch`` is ``None``: it runs on the CPU (INT8 headline scene, 2 cores:
-    #: 1.56 s in calls of 1 tile vs 1.64 s of 8).
-    preferred_batch = CPU_BATCH
 
     def __init__(
         self,
@@ -137,6 +138,7 @@ class OpenVinoPredictor:
         iou: float = 0.6,
         max_det: int = 300,
         threads: int | None = None,
+        streams: int | None = None,
     ) -> None:
         self.path = Path(path)
         dev = str(device).lower()
@@ -153,11 +155,13 @@ class OpenVinoPredictor:
         #: the input side the file is fixed to, ``None`` when any multiple of 32 runs
         self.fixed_size = dims[0] if dims[0] is not None and dims[0] == dims[1] else None
         self.threads = int(threads or os.cpu_count() or 1)
+        #: the tiles that run at once, each with its own infer request
+        self.streams = Streams(cpu_streams(self.threads, 1 if streams is None else streams))
         self._core, self._model = core, model
         self._config = {
             "INFERENCE_NUM_THREADS": self.threads,
-            "NUM_STREAMS": 1,
-            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": self.streams.n,
+            "PERFORMANCE_HINT": "LATENCY" if self.streams.n == 1 else "THROUGHPUT",
             "INFERENCE_PRECISION_HINT": "f32",
         }
         cache = cache_dir()
@@ -167,53 +171,63 @@ class OpenVinoPredictor:
                 self._config["CACHE_DIR"] = str(cache)
             except OSError as e:  # a read-only home: compile every time
                 log.debug("no OpenVINO model cache in %s: %s", cache, e)
-        #: the compiled models' infer requests by input shape, most recently used last
-        self._compiled: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+        #: the compiled models' infer requests (one per stream) by input shape, most recently used last
+        self._compiled: OrderedDict[tuple[int, ...], list[Any]] = OrderedDict()
+        self._compiling = threading.Lock()  # streams meeting a new shape at once compile it once
         if self.fixed_size is not None:  # one shape: compiled now, so a broken file fails at load
             self._compile(model, None)
         log.info(
-            "loaded %s (%s, %s, imgsz %d, %s) with OpenVINO on the CPU, %d threads",
+            "loaded %s (%s, %s, imgsz %d, %s) with OpenVINO on the CPU, %d threads, %d stream(s)",
             self.path.name,
             self.meta.name or "unnamed",
             self.meta.task,
             self.meta.imgsz,
             "fixed input size" if self.fixed_size else "any tile size",
             self.threads,
+            self.streams.n,
         )
 
-    def _compile(self, model: Any, shape: tuple[int, ...] | None) -> Any:
+    @property
+    def preferred_batch(self) -> int:
+        """Tiles per call when ``TileConfig.batch`` is ``None``: :data:`~detector.backends.base.CPU_BATCH` per
+        stream (INT8 headline scene, 2 cores, one stream: 1.56 s in calls of 1 tile vs 1.64 s of 8)."""
+        return CPU_BATCH * self.streams.n
+
+    def _compile(self, model: Any, shape: tuple[int, ...] | None) -> list[Any]:
         """Compile ``model`` (``shape``: the input shape it is fixed to, ``None``: as it is) and keep its
-        infer request under ``shape``."""
+        infer requests, one per stream, under ``shape``."""
         try:
-            request = self._core.compile_model(model, "CPU", self._config).create_infer_request()
+            compiled = self._core.compile_model(model, "CPU", self._config)
+            infers = [compiled.create_infer_request() for _ in range(self.streams.n)]
         except Exception as e:
             raise ModelError(
                 f"{self.path}: OpenVINO cannot compile the model"
                 f"{f' for input {list(shape)}' if shape else ''}: {type(e).__name__}: {e}"
             ) from e
-        self._compiled[shape or ()] = request
-        return request
+        self._compiled[shape or ()] = infers
+        return infers
 
-    def _request(self, shape: tuple[int, ...]) -> Any:
-        """The infer request for an input of ``shape``: the only one of a fixed-size file; for a dynamic one,
-        a copy of the model compiled with that shape fixed (kept for the next :data:`STATIC_SHAPES` shapes)."""
+    def _infer_requests(self, shape: tuple[int, ...]) -> list[Any]:
+        """The infer requests for an input of ``shape``: those of a fixed-size file; for a dynamic one, of a
+        copy of the model compiled with that shape fixed (kept for the next :data:`STATIC_SHAPES` shapes)."""
         if self.fixed_size is not None:
             return self._compiled[()]
-        request = self._compiled.get(shape)
-        if request is not None:
-            self._compiled.move_to_end(shape)
-            return request
-        model = self._model.clone()
-        model.reshape({model.input(0).get_any_name(): list(shape)})
-        log.debug("%s: compiling for input %s", self.path.name, list(shape))
-        request = self._compile(model, shape)
-        while len(self._compiled) > STATIC_SHAPES:
-            self._compiled.popitem(last=False)
-        return request
+        with self._compiling:
+            infers = self._compiled.get(shape)
+            if infers is not None:
+                self._compiled.move_to_end(shape)
+                return infers
+            model = self._model.clone()
+            model.reshape({model.input(0).get_any_name(): list(shape)})
+            log.debug("%s: compiling for input %s", self.path.name, list(shape))
+            infers = self._compile(model, shape)
+            while len(self._compiled) > STATIC_SHAPES:
+                self._compiled.popitem(last=False)
+            return infers
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """The raw network output for a normalised float32 ``(B, 3, S, S)`` batch."""
-        request = self._request(tuple(int(d) for d in x.shape))
+    def run(self, x: np.ndarray, stream: int = 0) -> np.ndarray:
+        """The raw network output for a normalised float32 ``(B, 3, S, S)`` batch, on ``stream``'s request."""
+        request = self._infer_requests(tuple(int(d) for d in x.shape))[stream]
         request.infer({0: x})
         return np.array(request.get_output_tensor(0).data, copy=True)
 
@@ -226,7 +240,11 @@ class OpenVinoPredictor:
         if len(tiles) == 0:
             return []
         self.check_size(check_tiles(tiles))
-        out = self.run(to_input(tiles))
+        return self.streams.map(self._predict, tiles)
+
+    def _predict(self, tiles: np.ndarray, stream: int = 0) -> list[Detections]:
+        """One stream's part of a batch, on that stream's infer request."""
+        out = self.run(to_input(tiles), stream)
         return decode_batch(out, self.meta, self.lut, conf=self.conf, iou=self.iou, max_det=self.max_det)
 
     def __repr__(self) -> str:
