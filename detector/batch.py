@@ -71,6 +71,8 @@ class ModelSpec:
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         conf: score threshold.
         threads: CPU threads for the model (``None``: all).
+        streams: tiles run at once on the CPU, sharing ``threads`` (``None``: the backend's default; see
+            :class:`~detector.backends.base.Streams`).
         runtime: what runs ONNX files, one of :data:`detector.model.RUNTIMES` (``"onnxruntime"``, ``"openvino"``).
         cross_class_iou: one label per object above this IoU (``None`` or 0: off); see
             :class:`~detector.pipeline.Detector`.
@@ -82,6 +84,7 @@ class ModelSpec:
     device: str = "cpu"
     conf: float = 0.25
     threads: int | None = None
+    streams: int | None = None
     runtime: str = "onnxruntime"
     cross_class_iou: float | None = 0.8
     sizes: bool = True
@@ -104,6 +107,7 @@ def _load(spec: ModelSpec) -> Detector:
         device=spec.device,
         conf=spec.conf,
         threads=spec.threads,
+        streams=spec.streams,
         runtime=spec.runtime,
         cross_class_iou=spec.cross_class_iou,
         sizes=spec.sizes,

@@ -184,17 +184,21 @@ class Detector:
         iou: float = 0.6,
         threads: int | None = None,
         runtime: str = "onnxruntime",
+        streams: int | None = None,
         **options: Any,
     ) -> Detector:
         """A detector for a model file (``.onnx`` or ``.pt``); ``None`` loads the default model.
 
         ``conf`` and ``iou`` are the model's score threshold and its within-tile NMS threshold; ``runtime``
-        runs ``.onnx`` files with ``"onnxruntime"`` or ``"openvino"`` (see :func:`detector.model.load_predictor`).
+        runs ``.onnx`` files with ``"onnxruntime"`` or ``"openvino"``, ``streams`` tiles at once on the CPU (see
+        :func:`detector.model.load_predictor`).
         ``options`` go to the constructor (``cross_class_iou``, ``resolution_factor``, ``merge_iou``, ...).
         """
         from detector.model import load_predictor
 
-        predictor = load_predictor(path, device=device, conf=conf, iou=iou, threads=threads, runtime=runtime)
+        predictor = load_predictor(
+            path, device=device, conf=conf, iou=iou, threads=threads, runtime=runtime, streams=streams
+        )
         return cls(predictor, **options)
 
     @property

@@ -248,14 +248,21 @@ def test_model_spec_passes_the_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict = {}
 
     def new_load(
-        path=None, device="cpu", conf=0.25, iou=0.6, max_det=1000, threads=None, runtime="onnxruntime"
-    ):  # noqa: ANN001, ANN202, E501
-        seen.update(path=path, runtime=runtime)
+        path=None,
+        device="cpu",
+        conf=0.25,
+        iou=0.6,
+        max_det=1000,
+        threads=None,
+        runtime="onnxruntime",
+        streams=None,
+    ):  # noqa: ANN001, ANN202
+        seen.update(path=path, runtime=runtime, streams=streams)
         return BrightObjectPredictor(imgsz=64)
 
     monkeypatch.setattr(model_mod, "load_predictor", new_load)
-    det = ModelSpec("m.onnx", runtime="openvino").load(cache=False)
-    assert seen == {"path": "m.onnx", "runtime": "openvino"} and isinstance(det, Detector)
+    det = ModelSpec("m.onnx", runtime="openvino", streams=3).load(cache=False)
+    assert seen == {"path": "m.onnx", "runtime": "openvino", "streams": 3} and isinstance(det, Detector)
 
 
 def test_work_units_pickle() -> None:

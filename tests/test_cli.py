@@ -289,6 +289,8 @@ def test_options_reach_the_pipeline(
         "cuda:1",
         "--threads",
         "2",
+        "--streams",
+        "1",
     )
     assert r.exit_code == 0, r.output
     kw = calls[0]
@@ -296,7 +298,7 @@ def test_options_reach_the_pipeline(
     assert (t.tile, t.overlap, t.batch, t.resample) == (64, 0.25, 3, False)
     assert kw["classes"] == ["helicopter"] and kw["bands"] == (3, 2, 1) and kw["gsd"] == 0.3
     assert callable(kw["progress"])
-    assert fake_model["device"] == "cuda:1" and fake_model["threads"] == 2
+    assert fake_model["device"] == "cuda:1" and fake_model["threads"] == 2 and fake_model["streams"] == 1
     # the bright box is an aircraft, filtered out by --classes helicopter; GSD override reaches the lengths
     assert json.loads((tmp_path / "o" / "a.geojson").read_text())["features"] == []
 

@@ -208,7 +208,13 @@ threads_option = click.option(
 
 
 def model_options(f: F) -> F:
-    """``--device --runtime --conf --threads`` (the weights option differs per command)."""
+    """``--device --runtime --conf --threads --streams`` (the weights option differs per command)."""
+    f = click.option(
+        "--streams",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Tiles run at once on the CPU, sharing the threads (default: 2 for onnxruntime, 1 for OpenVINO).",
+    )(f)
     f = threads_option(f)
     f = click.option(
         "--conf",
