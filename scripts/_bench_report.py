@@ -371,14 +371,22 @@ def render(s: Any, r: dict[str, Any]) -> str:
             "drift of a shared machine falls on both; `pipeline s` and `floor s` are their medians, and `ms per tile, "
             "batch 1` is one tile's `session.run` alone, on one stream's threads (median of "
             f"{_calls(1 if s.quick else max(s.repeats, 3))}). Overhead = pipeline median / floor median - 1: reading "
-            "and decoding the image, normalisation, decoding the outputs, NMS, moving to scene pixels, merging.",
+            "and decoding the image, normalisation, decoding the outputs, NMS, moving to scene pixels, merging."
+            + (
+                " `floor, 1 stream s` (timed in the same alternation) is the same tiles one at a time on one "
+                "session with all the threads as intra-op threads: the floor before streams, for reference."
+                if any(x.get("floor_one_stream") for x in b["scenes"].values())
+                else ""
+            ),
             "",
         ]
         # a column of its own for the pipeline's batch when it is not 1
         batched = [n for n in b_used if n != 1]
         head = ["scene", "tiles", "batches", "ms per tile, batch 1"]
         head += [f"ms per tile, batch {'/'.join(map(str, batched))}"] if batched else []
-        head += ["tiles x batch 1 s", "floor s", "pipeline s", "overhead"]
+        one = any(x.get("floor_one_stream") for x in b["scenes"].values())
+        head += ["tiles x batch 1 s", "floor s"] + (["floor, 1 stream s"] if one else [])
+        head += ["pipeline s", "overhead"]
         rows = []
         for sc in scenes:
             x = b["scenes"].get(sc.name)
@@ -396,6 +404,13 @@ def render(s: Any, r: dict[str, Any]) -> str:
                 + [
                     fmt_s(x["floor_b1"]),
                     fmt_s(x["floor"]),
+                ]
+                + (
+                    ["-" if x.get("floor_one_stream") is None else fmt_s(x["floor_one_stream"])]
+                    if one
+                    else []
+                )
+                + [
                     fmt_s(x["pipeline"]),
                     "-" if x["overhead"] is None else f"{x['overhead'] * 100:+.1f}%",
                 ]

@@ -363,9 +363,14 @@ def alternate_with_floor(
     starts. Alternating cancels the drift of a shared machine that two blocks of calls, one after the other,
     pick up as overhead.
     """
-    from detector.backends.onnx import to_input
+    from detector.backends.onnx import open_session, to_input
 
     run = _run_calls(det)
+    # the same model in one stream on all the predictor's threads, one tile per call: what the floor was
+    # before streams (detector.backends.base.Streams), for the report's reference column
+    single = None
+    if _streams(det.predictor) > 1:
+        single = open_session(det.predictor.path, threads=det.predictor.threads)
     inputs, start = [], 0
     for b in batches:
         inputs.append(to_input(np.stack(tiles[start : start + b])))
@@ -375,12 +380,25 @@ def alternate_with_floor(
         for x in inputs:
             run(x)
 
-    pipe_t, floor_t = [], []
+    def floor_single() -> None:
+        name_in, name_out = single.get_inputs()[0].name, single.get_outputs()[0].name
+        for x in inputs:
+            for k in range(len(x)):
+                single.run([name_out], {name_in: x[k : k + 1]})
+
+    pipe_t, floor_t, single_t = [], [], []
+    if single is not None:
+        floor_single()  # warm-up for this shape
     for _ in range(rounds):
         pipe_t += timed(lambda: det.predict(scene_path, tile=cfg), 1)[0]
         floor_t += timed(floor, 1)[0]
+        if single is not None:
+            single_t += timed(floor_single, 1)[0]
     p, f = statistics.median(pipe_t), statistics.median(floor_t)
-    return {"rounds": rounds, "pipeline": summary(pipe_t), "floor": summary(floor_t), "overhead": p / f - 1}
+    out = {"rounds": rounds, "pipeline": summary(pipe_t), "floor": summary(floor_t), "overhead": p / f - 1}
+    if single_t:
+        out["floor_one_stream"] = summary(single_t)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------

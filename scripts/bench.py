@@ -450,6 +450,7 @@ def section_b(s: Settings, scenes: list[BenchScene], timings: dict[str, Any]) ->
             "floor_b1": n * per_call[1],
             "floor": fl["seconds"],
             "pipeline": fl["alternated"]["pipeline"]["median"],
+            "floor_one_stream": (fl["alternated"].get("floor_one_stream") or {}).get("median"),
             "overhead": fl["alternated"]["overhead"],
             "rounds": fl["alternated"]["rounds"],
             "intra_op_threads": ours.get("intra_op_threads"),

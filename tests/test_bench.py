@@ -238,6 +238,8 @@ def test_end_to_end_ours_floor_and_memory(tmp_path: Path, shared_data: Path) -> 
         and "batch=8" not in text
     )
     assert f"the predictor's {n} stream(s)" in text
+    if n > 1:  # the one-stream floor beside it, for reference
+        assert row_b["floor_one_stream"] > 0 and "floor, 1 stream s" in text
     mem = raw["c"]["600"]  # one 640 px tile
     assert mem["tiles"] == 1 and mem["peak_rss"] > 0 and not mem["torch_imported"] and mem["batch"] == n
     assert not list(tmp_path.glob(".B.md.*"))  # the atomic write left no temporary file
