@@ -3,8 +3,9 @@
 The same file onnxruntime runs: OpenVINO's ``Core.read_model`` reads the ONNX graph and keeps its
 ``metadata_props`` (our :class:`~detector.backends.base.ModelMeta` under ``META_KEY``) in the model's runtime
 info, so nothing besides the ``.onnx`` is needed. The model is compiled for the CPU with ``streams`` streams
-(:class:`~detector.backends.base.Streams`: that many tiles run at once, one infer request each), float32 precision for the layers that are not quantised (OpenVINO would otherwise pick bf16 on
-CPUs that have it, which moves scores by more than onnxruntime's float32) and ``threads`` inference threads,
+(:class:`~detector.backends.base.Streams`: that many tiles run at once, one infer request each; one by default,
+with a latency hint), float32 precision for the layers that are not quantised (OpenVINO would otherwise pick bf16
+on CPUs that have it, which moves scores by more than onnxruntime's float32) and ``threads`` inference threads,
 as onnxruntime's intra-op threads are set. A file with dynamic axes is compiled once per input shape it meets
 (:data:`STATIC_SHAPES` of them kept), with that shape fixed: OpenVINO's CPU kernels for a static shape are
 faster (INT8 model, 736 px tiles, 2 cores: 87 ms against 101 ms per tile with the dynamic compile), and a
@@ -122,7 +123,7 @@ class OpenVinoPredictor:
         streams: tiles run at once, one infer request each, at most ``threads`` (``None``: 1, with a latency
             hint: OpenVINO spreads one tile over the threads well, and two streams measured no faster in the
             pipeline on the 2560 px headline scene, 2 cores: INT8 1.48 vs 1.63 s and 1.57 vs 1.53 s in two
-            alternated runs, while onnxruntime gains 1.17x from two).
+            alternated runs, while onnxruntime gains 1.06x-1.17x from two).
 
     Raises:
         ModelError: see :func:`read_openvino_model`, or the model does not compile.
