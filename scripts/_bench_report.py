@@ -359,6 +359,7 @@ def render(s: Any, r: dict[str, Any]) -> str:
         any_row = next(iter(b["scenes"].values()))
         b_used = _batches_used(r, "b")
         rest = "" if max(b_used, default=1) == 1 else "; full batches, the rest in one last batch"
+        one = any(x.get("floor_one_stream") for x in b["scenes"].values())  # the reference column
         L += ["## (b) Pipeline overhead over the model-only floor", ""]
         L += [
             "The floor is bare `session.run` of the pipeline's own onnxruntime session (the same object, so the "
@@ -375,7 +376,7 @@ def render(s: Any, r: dict[str, Any]) -> str:
             + (
                 " `floor, 1 stream s` (timed in the same alternation) is the same tiles one at a time on one "
                 "session with all the threads as intra-op threads: the floor before streams, for reference."
-                if any(x.get("floor_one_stream") for x in b["scenes"].values())
+                if one
                 else ""
             ),
             "",
@@ -384,7 +385,6 @@ def render(s: Any, r: dict[str, Any]) -> str:
         batched = [n for n in b_used if n != 1]
         head = ["scene", "tiles", "batches", "ms per tile, batch 1"]
         head += [f"ms per tile, batch {'/'.join(map(str, batched))}"] if batched else []
-        one = any(x.get("floor_one_stream") for x in b["scenes"].values())
         head += ["tiles x batch 1 s", "floor s"] + (["floor, 1 stream s"] if one else [])
         head += ["pipeline s", "overhead"]
         rows = []

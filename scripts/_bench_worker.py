@@ -166,18 +166,23 @@ def _streams(predictor: Any) -> int:
     return int(getattr(streams, "n", 1))
 
 
-def _run_calls(det: Any) -> Any:
-    """``run(x)``: bare ``session.run`` of the predictor's own session on a normalised batch, split over its
-    streams as the pipeline's calls are (:meth:`detector.backends.base.Streams.map`)."""
-    session = det.predictor.session
+def _session_run(session: Any) -> Any:
+    """``run(x, stream=0)``: bare ``session.run`` of an onnxruntime session on a normalised batch (one
+    placeholder result per tile, as :meth:`detector.backends.base.Streams.map` wants)."""
     name_in, name_out = session.get_inputs()[0].name, session.get_outputs()[0].name
-    streams = getattr(det.predictor, "streams", None)
 
-    def part(x: np.ndarray, stream: int = 0) -> list[None]:
+    def run(x: np.ndarray, stream: int = 0) -> list[None]:
         session.run([name_out], {name_in: x})
         return [None] * len(x)
 
-    return (lambda x: streams.map(part, x)) if streams is not None else part
+    return run
+
+
+def _run_calls(det: Any) -> Any:
+    """``run(x)``: bare ``session.run`` of the onnxruntime predictor's own session on a normalised batch, split
+    over its streams as the pipeline's calls are (:meth:`detector.backends.base.Streams.map`)."""
+    part = _session_run(det.predictor.session)
+    return lambda x: det.predictor.streams.map(part, x)
 
 
 def _ort_threads(predictor: Any) -> int | None:
@@ -370,7 +375,7 @@ def alternate_with_floor(
     # before streams (detector.backends.base.Streams), for the report's reference column
     single = None
     if _streams(det.predictor) > 1:
-        single = open_session(det.predictor.path, threads=det.predictor.threads)
+        single = _session_run(open_session(det.predictor.path, threads=det.predictor.threads))
     inputs, start = [], 0
     for b in batches:
         inputs.append(to_input(np.stack(tiles[start : start + b])))
@@ -381,10 +386,9 @@ def alternate_with_floor(
             run(x)
 
     def floor_single() -> None:
-        name_in, name_out = single.get_inputs()[0].name, single.get_outputs()[0].name
         for x in inputs:
             for k in range(len(x)):
-                single.run([name_out], {name_in: x[k : k + 1]})
+                single(x[k : k + 1])
 
     pipe_t, floor_t, single_t = [], [], []
     if single is not None:

@@ -625,9 +625,23 @@ def section_w(s: Settings, scenes: list[BenchScene]) -> dict[str, Any]:
     if head is None:
         return {}
     out = s.cache / "whole"
-    detector = [sys.executable, "-c", "import sys; from detector.cli import main; sys.exit(main())"]
+
+    def predict(name: str, *options: str) -> list[str]:
+        cli = "import sys; from detector.cli import main; sys.exit(main())"
+        return [
+            sys.executable,
+            "-c",
+            cli,
+            "predict",
+            str(head.path),
+            "-o",
+            str(out / name),
+            "--overwrite",
+            *options,
+        ]
+
     sides: dict[str, list[str]] = {
-        "ours": [*detector, "predict", str(head.path), "-o", str(out / "ours"), "--overwrite"],
+        "ours": predict("ours"),
         "sahi": [
             sys.executable,
             "-c",
@@ -640,18 +654,7 @@ def section_w(s: Settings, scenes: list[BenchScene]) -> dict[str, Any]:
         ],
     }
     if s.int8 is not None and s.int8.is_file():
-        sides["int8"] = [
-            *detector,
-            "predict",
-            str(head.path),
-            "-o",
-            str(out / "int8"),
-            "--overwrite",
-            "-w",
-            str(s.int8),
-            "--runtime",
-            "openvino",
-        ]
+        sides["int8"] = predict("int8", "-w", str(s.int8), "--runtime", "openvino")
     env = child_env(s.cache)
     env.setdefault("DETECTOR_OPENVINO_CACHE", str(s.cache / "openvino-cache"))
 
