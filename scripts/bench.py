@@ -823,8 +823,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     p.add_argument(
         "--sections",
         default="a,b,c,d,t,w",
-        help="a: vs SAHI, b: overhead over the floor, c: memory, d: Dask, t: tiling sweep "
-        "(default: a,b,c,d,t)",
+        help="a: vs SAHI, b: overhead over the floor, c: memory, d: Dask, t: tiling sweep, w: whole processes "
+        "(default: a,b,c,d,t,w)",
     )
     p.add_argument(
         "--dask-workers",
