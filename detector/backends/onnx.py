@@ -159,7 +159,8 @@ class OnnxPredictor:
         self.path = Path(path)
         self.threads = int(threads or os.cpu_count() or 1)
         n = 1 if str(device).lower().startswith("cuda") else cpu_streams(self.threads, streams)
-        self.session = open_session(self.path, device=device, threads=max(1, self.threads // n))
+        intra = max(1, self.threads // n)  # each stream's onnxruntime intra-op threads
+        self.session = open_session(self.path, device=device, threads=intra)
         #: the model calls that run at once (one for CUDA, which takes big batches instead)
         self.streams = Streams(n)
         self.meta = session_meta(self.session, self.path)
@@ -182,7 +183,7 @@ class OnnxPredictor:
             "fixed input size" if self.fixed_size else "any tile size",
             self.session.get_providers()[0],
             self.streams.n,
-            max(1, self.threads // self.streams.n),
+            intra,
         )
 
     @property
