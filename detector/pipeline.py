@@ -24,6 +24,7 @@ order, with the same two methods, so both paths give the same detections.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -405,7 +406,15 @@ class Detector:
         if progress:
             progress(0, total)
         batches = _batches(scene, windows, plan.out_shape, batch)
-        with contextlib.closing(_read_ahead(batches) if self.prefetch else batches) as stream:
+        prepare = getattr(self.predictor, "prepare", None) if windows else None
+        if prepare is not None:  # e.g. OpenVINO compiles for the tiles' shape: while the first ones are read
+            first = (min(batch, total), *plan.out_shape, 3)
+            prepare = functools.partial(prepare, first)
+        if self.prefetch:
+            batches = _read_ahead(batches, meanwhile=prepare)
+        elif prepare is not None:
+            prepare()
+        with contextlib.closing(batches) as stream:
             for chunk in stream:
                 if chunk.tiles:
                     results = self.predictor.predict_batch(chunk.stacked())
@@ -634,15 +643,20 @@ def _batches(
     yield batch
 
 
-def _read_ahead(items: Iterator[T]) -> Generator[T, None, None]:
+def _read_ahead(
+    items: Iterator[T], meanwhile: Callable[[], object] | None = None
+) -> Generator[T, None, None]:
     """Produce the next item in a background thread while the caller works on the current one.
 
     Only the worker thread touches ``items`` (one call at a time), so a raster dataset is never read from two
-    threads at once. Closing this generator waits for the pending read before returning.
+    threads at once. ``meanwhile`` runs in the caller's thread while the first item is read. Closing this
+    generator waits for the pending read before returning.
     """
     done = object()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="detector-read") as pool:
         future = pool.submit(next, items, done)
+        if meanwhile is not None:
+            meanwhile()
         while (item := future.result()) is not done:
             future = pool.submit(next, items, done)
             yield item  # type: ignore[misc]

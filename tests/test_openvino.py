@@ -185,3 +185,18 @@ def test_missing_openvino_says_how_to_install(tmp_path: Path, shipped: Path, mon
         ModelError, match=r"detector\.onnx: the OpenVINO runtime is not installed.*\[openvino\]"
     ):
         load_predictor(shipped, runtime="openvino")
+
+
+def test_prepare_compiles_the_first_batch_shape_before_any_tile(shipped: Path, real_tiles: np.ndarray):
+    """``prepare`` (the pipeline calls it while the first tiles are read) compiles that shape; the batch that
+    follows runs on those infer requests, with the outputs of an unprepared predictor."""
+    pytest.importorskip("openvino")
+    ov = load_predictor(shipped, threads=2, runtime="openvino")
+    tiles = np.ascontiguousarray(real_tiles[:1, :320, :320])
+    ov.prepare(tiles.shape)
+    compiled = ov._compiled[(1, 3, 320, 320)]
+    assert list(ov._compiled) == [(1, 3, 320, 320)]
+    got = ov.predict_batch(tiles)[0]
+    assert ov._compiled[(1, 3, 320, 320)] is compiled and len(ov._compiled) == 1
+    want = load_predictor(shipped, threads=2, runtime="openvino").predict_batch(tiles)[0]
+    assert len(want) > 5 and _match(want, got, box_atol=1e-4, score_atol=1e-6) == 1.0

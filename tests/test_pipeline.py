@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -372,3 +374,27 @@ def test_boxes_are_clipped_to_the_scene_but_rectangles_kept(tmp_path: Path) -> N
     )  # box: the part in the scene
     assert dets.xywhr[edge, 0] + dets.xywhr[edge, 2] / 2 > 905  # rectangle: the model's whole object
     np.testing.assert_allclose(dets.xyxy[inner], [391, 295.2, 439, 320.8], atol=1.0)
+
+
+class _PreparingPredictor(BrightObjectPredictor):
+    """Records ``prepare`` calls and what had run by then."""
+
+    def __init__(self, imgsz: int) -> None:
+        super().__init__(imgsz)
+        self.prepared: list[tuple[tuple[int, ...], int]] = []
+
+    def prepare(self, shape: tuple[int, ...]) -> None:
+        self.prepared.append((tuple(shape), self.calls))
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_prepare_is_called_once_with_the_first_batch_shape_before_it(tmp_path: Path, prefetch: bool) -> None:
+    image = _scene()
+    paint_box(image, 100, 100, 140, 120)
+    path = write_geotiff(tmp_path / "p.tif", image)
+    predictor = _PreparingPredictor(256)
+    dets = Detector(predictor, prefetch=prefetch).predict(path, tile=replace(TILES, batch=3))
+    assert predictor.prepared == [((3, 256, 256, 3), 0)]  # once, before any model call
+    assert predictor.calls == math.ceil(20 / 3)
+    plain = Detector(BrightObjectPredictor(256), prefetch=prefetch).predict(path, tile=replace(TILES, batch=3))
+    np.testing.assert_array_equal(dets.xyxy, plain.xyxy)

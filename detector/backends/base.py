@@ -140,7 +140,8 @@ class Predictor(Protocol):
     Optional attributes the pipeline reads when a predictor has them (a predictor without them is still one):
     ``preferred_batch`` (int >= 1, tiles per call when ``TileConfig.batch`` is ``None``, see
     :func:`preferred_batch`), ``fixed_size`` and ``rect_tiles`` (the tile sizes it runs, see
-    :class:`~detector.pipeline.Detector`).
+    :class:`~detector.pipeline.Detector`), and ``prepare(shape)`` (get ready for batches of tiles of
+    ``shape``, ``(B, S, S, 3)``, before the first one: the pipeline calls it while the first tiles are read).
     """
 
     meta: ModelMeta
