@@ -396,5 +396,7 @@ def test_prepare_is_called_once_with_the_first_batch_shape_before_it(tmp_path: P
     dets = Detector(predictor, prefetch=prefetch).predict(path, tile=replace(TILES, batch=3))
     assert predictor.prepared == [((3, 256, 256, 3), 0)]  # once, before any model call
     assert predictor.calls == math.ceil(20 / 3)
-    plain = Detector(BrightObjectPredictor(256), prefetch=prefetch).predict(path, tile=replace(TILES, batch=3))
+    plain = Detector(BrightObjectPredictor(256), prefetch=prefetch).predict(
+        path, tile=replace(TILES, batch=3)
+    )
     np.testing.assert_array_equal(dets.xyxy, plain.xyxy)
