@@ -1201,7 +1201,7 @@ def write_changes(changes: Changes, path: str | Path, *, keep_crs: bool = False)
     if suffix in (".geojson", ".json"):
         doc = to_geojson(changes, keep_crs=keep_crs)
         with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, separators=(",", ":"))
+            fh.write(json.dumps(doc, separators=(",", ":")))  # the one-shot encoder is the C one
             fh.write("\n")
         return path
     if suffix != ".gpkg":

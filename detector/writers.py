@@ -673,10 +673,14 @@ def _reason(e: BaseException) -> str:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    """``obj`` as compact JSON, atomically; a ``NaN``/infinity that slipped through is an error, not text."""
+    """``obj`` as compact JSON, atomically; a ``NaN``/infinity that slipped through is an error, not text.
+
+    ``json.dumps``, not ``json.dump``: only the one-shot encoder is the C one (610 features: 0.03 s vs 0.15 s).
+    """
     try:
+        text = json.dumps(obj, separators=(",", ":"), allow_nan=False)
         with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, separators=(",", ":"), allow_nan=False)
+            fh.write(text)
             fh.write("\n")
     except ValueError as e:
         raise WriteError(f"{path}: cannot write ({e})") from e

@@ -6,7 +6,9 @@ a wrong affine shows up as a wrong number, not as agreement with the same librar
 
 from __future__ import annotations
 
+import builtins
 import csv
+import io
 import json
 import logging
 import math
@@ -346,11 +348,21 @@ def test_failed_write_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytest
     target.write_text("previous")
     d = dets_of(xyxy=[[0, 0, 20, 10]])
 
-    def broken_dump(obj: object, fh: object, **kw: object) -> None:
-        fh.write('{"type": "FeatureColl')  # type: ignore[attr-defined]
-        raise OSError(28, "No space left on device")
+    class FullDisk(io.StringIO):  # takes part of the first write, then the disk is full
+        def __init__(self, path: object, *args: object, **kw: object) -> None:
+            super().__init__()
+            self.real = builtins.open(path, *args, **kw)  # type: ignore[call-overload]
 
-    monkeypatch.setattr(writers.json, "dump", broken_dump)
+        def write(self, text: str) -> int:
+            self.real.write(text[:20])
+            self.real.flush()
+            raise OSError(28, "No space left on device")
+
+        def close(self) -> None:
+            self.real.close()
+            super().close()
+
+    monkeypatch.setattr(writers, "open", FullDisk, raising=False)
     with pytest.raises(writers.WriteError, match=r"out\.geojson: cannot write \(no space left on device\)"):
         writers.write_geojson(d, target)
     assert target.read_text() == "previous"
