@@ -200,3 +200,13 @@ def test_prepare_compiles_the_first_batch_shape_before_any_tile(shipped: Path, r
     assert ov._compiled[(1, 3, 320, 320)] is compiled and len(ov._compiled) == 1
     want = load_predictor(shipped, threads=2, runtime="openvino").predict_batch(tiles)[0]
     assert len(want) > 5 and _match(want, got, box_atol=1e-4, score_atol=1e-6) == 1.0
+
+
+def test_prepare_with_two_streams_compiles_the_parts_they_run(shipped: Path, real_tiles: np.ndarray):
+    """With 2 streams a batch of 3 runs as parts of 2 and 1 tiles: ``prepare`` compiles those shapes."""
+    pytest.importorskip("openvino")
+    ov = load_predictor(shipped, threads=2, streams=2, runtime="openvino")
+    ov.prepare((3, 256, 256, 3))
+    assert sorted(ov._compiled) == [(1, 3, 256, 256), (2, 3, 256, 256)]
+    ov.predict_batch(np.ascontiguousarray(real_tiles[:3, :256, :256]))
+    assert len(ov._compiled) == 2

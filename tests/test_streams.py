@@ -46,6 +46,8 @@ def test_streams_split_a_batch_in_order_and_run_the_parts_at_once():
     assert [round(float(d.scores[0]) * 255) for d in out] == [0, 10, 20, 30, 40]
     assert sorted((s, n) for s, n, _ in seen) == [(0, 2), (1, 3)]  # distinct streams, contiguous parts
     assert all(name.startswith("detector-model") for *_, name in seen)
+    assert Streams(2).bounds(5) == [0, 2, 5] and Streams(2).bounds(1) == [0, 1]  # the cuts map makes
+    assert Streams(3).bounds(7) == [0, 2, 5, 7] and Streams(1).bounds(4) == [0, 4]
 
 
 def test_one_tile_or_one_stream_runs_in_the_callers_thread():

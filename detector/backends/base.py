@@ -198,14 +198,19 @@ class Streams:
         self.n = int(n)
         self._pool: ThreadPoolExecutor | None = None
 
+    def bounds(self, count: int) -> list[int]:
+        """Where a batch of ``count`` tiles is cut into its parts: ``[0, ..., count]``, one part per stream at
+        most, sizes as even as they can be."""
+        parts = max(1, min(self.n, count))
+        return [int(b) for b in np.linspace(0, count, parts + 1).round()]
+
     def map(self, call: Callable[[np.ndarray, int], list[Detections]], tiles: np.ndarray) -> list[Detections]:
         """``call`` over the parts of ``tiles``: one :class:`Detections` per tile, in tile order."""
-        parts = min(self.n, len(tiles))
-        if parts <= 1:
+        bounds = self.bounds(len(tiles))
+        if len(bounds) <= 2:
             return call(tiles, 0)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self.n, thread_name_prefix="detector-model")
-        bounds = np.linspace(0, len(tiles), parts + 1).round().astype(int)
         futures = [
             self._pool.submit(call, tiles[a:b], k)
             for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))

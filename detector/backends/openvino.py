@@ -227,10 +227,13 @@ class OpenVinoPredictor:
             return infers
 
     def prepare(self, shape: tuple[int, ...]) -> None:
-        """Compile for batches of ``shape`` ``(B, S, S, 3)`` tiles now (the pipeline calls this while it reads
-        the first tiles: ~0.2 s from the model cache, ~1 s without, that no longer wait for the pixels)."""
-        b, rows, cols, _ = shape
-        self._infer_requests((int(b), 3, int(rows), int(cols)))
+        """Compile for batches of ``shape`` ``(B, S, S, 3)`` tiles now, for the parts the streams run (the
+        pipeline calls this while it reads the first tiles: ~0.2 s from the model cache, ~1 s without, that no
+        longer wait for the pixels)."""
+        b, rows, cols, _ = (int(d) for d in shape)
+        bounds = self.streams.bounds(b)
+        for part in sorted({hi - lo for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)}):
+            self._infer_requests((part, 3, rows, cols))
 
     def run(self, x: np.ndarray, stream: int = 0) -> np.ndarray:
         """The raw network output for a normalised float32 ``(B, 3, S, S)`` batch, on ``stream``'s request."""
