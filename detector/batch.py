@@ -46,8 +46,9 @@ if TYPE_CHECKING:
     from detector.backends.base import ModelMeta
     from detector.detections import Detections
     from detector.pipeline import Detector
+    from detector.raster import Scene
     from detector.tiling import TileConfig
-    from detector.writers import Provenance
+    from detector.writers import Provenance, QuicklookView
 
 logger = logging.getLogger(__name__)
 
@@ -453,8 +454,16 @@ def remove_stale(names: Sequence[str], out: Path, config: BatchConfig) -> list[P
     return removed
 
 
-def write_scene(dets: Detections, scene: str, name: str, out: Path, config: BatchConfig) -> list[Path]:
-    """Write one scene's detections in every format of ``config`` (and its quicklook) into ``out``.
+def write_scene(
+    dets: Detections,
+    scene: str,
+    name: str,
+    out: Path,
+    config: BatchConfig,
+    view: QuicklookView | None = None,
+) -> list[Path]:
+    """Write one scene's detections in every format of ``config`` (and its quicklook, drawn on ``view`` when
+    :func:`detect` read it) into ``out``.
 
     With ``config.collect`` only the quicklook is written (the detections go into one file for the batch).
     """
@@ -479,7 +488,9 @@ def write_scene(dets: Detections, scene: str, name: str, out: Path, config: Batc
                 sibling.unlink()
     if config.quicklook:
         written.append(
-            writers.write_quicklook(dets, out / f"{name}{QUICKLOOK_SUFFIX}", source=scene, bands=config.bands)
+            writers.write_quicklook(
+                dets, out / f"{name}{QUICKLOOK_SUFFIX}", source=scene, bands=config.bands, view=view
+            )
         )
     return written
 
@@ -505,11 +516,12 @@ def predict_scene(
     Raises:
         KeyboardInterrupt: passed through, so a batch can stop.
     """
+    views: list[QuicklookView] = []
     try:
-        dets = detect(scene, config, model, progress)
+        dets = detect(scene, config, model, progress, views)
     except Exception as e:  # one scene's failure never stops the batch
         return failed_scene(scene, name, describe_error(e, scene))
-    return save_scene(dets, scene, name, out, config)
+    return save_scene(dets, scene, name, out, config, views[0] if views else None)
 
 
 def detect(
@@ -517,9 +529,25 @@ def detect(
     config: BatchConfig,
     model: Detector | ModelSpec,
     progress: Callable[[int, int], None] | None = None,
+    views: list[QuicklookView] | None = None,
 ) -> Detections:
-    """``Detector.predict`` on one scene with the options of ``config`` (the same call on a Dask worker)."""
+    """``Detector.predict`` on one scene with the options of ``config`` (the same call on a Dask worker).
+
+    With ``views`` (a list) and ``config.quicklook``, the scene's quicklook view is read while the scene is
+    still open and appended to it: a PNG or JPEG is then decoded once for the tiles and the quicklook, not
+    twice (2560 px PNG: 0.12 s). A failed view read leaves the list empty: the quicklook writer reads the scene
+    itself later and reports the problem there, after the other outputs are written.
+    """
     detector = model.load() if isinstance(model, ModelSpec) else model
+
+    def keep_view(opened: Scene) -> None:
+        from detector.writers import quicklook_view
+
+        try:
+            views.append(quicklook_view(opened))  # type: ignore[union-attr]
+        except Exception as e:
+            logger.debug("%s: quicklook view not read with the tiles: %s", scene, e)
+
     return detector.predict(
         scene,
         tile=config.tile,
@@ -528,15 +556,23 @@ def detect(
         gsd=config.gsd,
         progress=progress,
         force=config.force,
+        with_scene=keep_view if views is not None and config.quicklook else None,
     )
 
 
-def save_scene(dets: Detections, scene: str, name: str, out: Path, config: BatchConfig) -> SceneResult:
+def save_scene(
+    dets: Detections,
+    scene: str,
+    name: str,
+    out: Path,
+    config: BatchConfig,
+    view: QuicklookView | None = None,
+) -> SceneResult:
     """Write a scene's detections (:func:`write_scene`) and count them; a write failure becomes ``error``."""
     result = SceneResult(source=scene, name=name, detections=dets if config.collect else None)
     try:
         result.counts = {c: int((dets.class_ids == i).sum()) for i, c in enumerate(dets.class_names)}
-        result.outputs = write_scene(dets, scene, name, out, config)
+        result.outputs = write_scene(dets, scene, name, out, config, view)
         logger.info("%s: %d detections -> %s", scene, len(dets), ", ".join(p.name for p in result.outputs))
     except Exception as e:  # one scene's failure never stops the batch
         return failed_scene(scene, name, describe_error(e, scene))

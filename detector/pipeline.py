@@ -224,6 +224,7 @@ class Detector:
         gsd: float | None = None,
         progress: Callable[[int, int], None] | None = None,
         force: bool = False,
+        with_scene: Callable[[Scene], object] | None = None,
     ) -> Detections:
         """Detect objects in a scene.
 
@@ -241,6 +242,8 @@ class Detector:
             gsd: scene ground sample distance in metres per pixel, overriding the georeferencing.
             progress: called as ``progress(done_tiles, total_tiles)`` after every batch.
             force: run a scene far coarser than the model's GSD range anyway (see ``resolution_factor``).
+            with_scene: called with the open scene once its tiles are read, before it is closed (the batch reads
+                its quicklook's view there, while a PNG or JPEG decoded whole is still in memory).
 
         Returns:
             Detections in scene pixels with ``crs``, ``transform`` (full-resolution scene), ``gsd`` and
@@ -253,7 +256,9 @@ class Detector:
             ValueError: an unknown class name.
         """
         self._class_ids(classes)  # an unknown class fails before the scene is read
-        parts = self.predict_tiles(source, tile=tile, bands=bands, gsd=gsd, progress=progress, force=force)
+        parts = self.predict_tiles(
+            source, tile=tile, bands=bands, gsd=gsd, progress=progress, force=force, with_scene=with_scene
+        )
         merged = self.merge_tiles([parts], classes=classes)
         return merged if isinstance(source, (str, Path, DatasetReaderBase)) else replace(merged, source=None)
 
@@ -315,6 +320,7 @@ class Detector:
         progress: Callable[[int, int], None] | None = None,
         force: bool = False,
         coarse: bool | None = None,
+        with_scene: Callable[[Scene], object] | None = None,
     ) -> TileParts:
         """Run the model on some tiles of a scene: their detections in scene pixels, before the seam merge.
 
@@ -322,7 +328,7 @@ class Detector:
         :meth:`merge_tiles` joins the blocks, in tile order, into exactly what :meth:`predict` returns.
 
         Args:
-            source, tile, bands, gsd, force: as for :meth:`predict`.
+            source, tile, bands, gsd, force, with_scene: as for :meth:`predict`.
             tiles: indexes into the scene's :meth:`plan` windows, in increasing order (default: all of them).
             progress: called as ``progress(done_tiles, total_tiles)`` after every batch, counting these tiles.
             coarse: add the coarse pass of ``tile.coarse`` (default: when every tile is run). A split scene runs
@@ -343,6 +349,8 @@ class Detector:
                 )
                 if config.coarse and (tiles is None if coarse is None else coarse):
                     parts = self._add_coarse(scene, plan, config, parts)
+            if with_scene is not None:
+                with_scene(scene)
             return parts
 
     def tiles_per_call(self, tile: TileConfig | None = None) -> int:

@@ -77,7 +77,7 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -102,6 +102,9 @@ from detector.georef import (
     side_lengths as _side_lengths,
 )
 from detector.taxonomy import default_classes, default_taxonomy
+
+if TYPE_CHECKING:
+    from detector.raster import Scene
 
 logger = logging.getLogger(__name__)
 
@@ -1351,6 +1354,32 @@ def class_colour(name: str, class_names: Sequence[str] | None = None) -> tuple[i
     return default_taxonomy().colour(name)
 
 
+@dataclass(frozen=True)
+class QuicklookView:
+    """A scene read for its quicklook: ``rgb`` ``(rows, cols, 3)`` uint8 at reduced resolution, and the scale
+    from scene pixels to its pixels (``sx``, ``sy``)."""
+
+    rgb: np.ndarray
+    sx: float
+    sy: float
+
+
+def quicklook_view(scene: Scene, max_size: int = QUICKLOOK_MAX_SIZE) -> QuicklookView:
+    """Read an open scene at reduced resolution (longest side at most ``max_size``) for its quicklook.
+
+    Raises:
+        RasterError: the scene cannot be read.
+    """
+    from rasterio.windows import Window
+
+    if max_size < 16:
+        raise ValueError(f"max_size must be at least 16 pixels, got {max_size!r}")
+    scale = min(1.0, max_size / max(scene.width, scene.height))
+    rows, cols = max(1, round(scene.height * scale)), max(1, round(scene.width * scale))
+    rgb, _ = scene.read(Window(0, 0, scene.width, scene.height), out_shape=(rows, cols))
+    return QuicklookView(rgb, cols / scene.width, rows / scene.height)
+
+
 def write_quicklook(
     dets: Detections,
     path: str | Path,
@@ -1360,6 +1389,7 @@ def write_quicklook(
     bands: tuple[int, ...] | None = None,
     max_size: int = QUICKLOOK_MAX_SIZE,
     quality: int = 90,
+    view: QuicklookView | None = None,
 ) -> Path:
     """Draw the footprints over a reduced-resolution view of the scene and save it as PNG or JPEG.
 
@@ -1376,13 +1406,14 @@ def write_quicklook(
         bands: bands to read as RGB (as in ``open_scene``).
         max_size: longest side of the quicklook in pixels.
         quality: JPEG quality.
+        view: the scene already read by :func:`quicklook_view` (then ``source``, ``image``, ``bands`` and
+            ``max_size`` are not used).
 
     Raises:
         WriteError: the file cannot be written or its extension is not PNG/JPEG.
         RasterError: the scene cannot be read.
     """
     from PIL import Image, ImageDraw, ImageFont
-    from rasterio.windows import Window
 
     from detector.raster import Scene, open_scene
 
@@ -1390,26 +1421,22 @@ def write_quicklook(
     fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}.get(path.suffix.lower())
     if fmt is None:
         raise WriteError(f"{path}: quicklook must be .png, .jpg or .jpeg, got {path.suffix!r}")
-    if max_size < 16:
-        raise ValueError(f"max_size must be at least 16 pixels, got {max_size!r}")
-    if image is not None:
-        scene = Scene.from_array(image, bands=bands)
-    else:
-        src = source if source is not None else dets.source
-        if not src or str(src) == "<array>":
-            raise ValueError(
-                "write_quicklook needs the scene: pass source= or image= (dets.source is not a file)"
-            )
-        scene = open_scene(src, bands=bands)
-    with scene:
-        scale = min(1.0, max_size / max(scene.width, scene.height))
-        rows, cols = max(1, round(scene.height * scale)), max(1, round(scene.width * scale))
-        rgb, _ = scene.read(Window(0, 0, scene.width, scene.height), out_shape=(rows, cols))
-        sx, sy = cols / scene.width, rows / scene.height
-    canvas = Image.fromarray(rgb, "RGB")
+    if view is None:
+        if image is not None:
+            scene = Scene.from_array(image, bands=bands)
+        else:
+            src = source if source is not None else dets.source
+            if not src or str(src) == "<array>":
+                raise ValueError(
+                    "write_quicklook needs the scene: pass source= or image= (dets.source is not a file)"
+                )
+            scene = open_scene(src, bands=bands)
+        with scene:
+            view = quicklook_view(scene, max_size)
+    canvas = Image.fromarray(view.rgb, "RGB")
     draw = ImageDraw.Draw(canvas)
-    rings = corners(dets) * np.array([sx, sy])
-    width = 1 if max(rows, cols) < 768 else 2
+    rings = corners(dets) * np.array([view.sx, view.sy])
+    width = 1 if max(canvas.size) < 768 else 2
     names = dets.class_names
     for i in np.argsort(dets.scores, kind="stable"):  # best scores drawn last, on top
         colour = class_colour(names[dets.class_ids[i]], names)

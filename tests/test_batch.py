@@ -307,3 +307,54 @@ def test_describe_error_keeps_a_relative_path_that_starts_the_message() -> None:
 
     err = ResolutionError("../data/scene.tif: scene GSD 300 m/px is far coarser than the model's range")
     assert batch.describe_error(err, "../data/scene.tif") == str(err)
+
+
+def _png(path: Path, size: tuple[int, int] = (300, 200)) -> Path:
+    """A PNG (decoded whole by the scene reader) with two white boxes."""
+    from PIL import Image
+
+    image = np.full((3, size[1], size[0]), 30, np.uint8)
+    paint_box(image, 20, 30, 60, 50)
+    paint_box(image, 200, 120, 230, 160)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.moveaxis(image, 0, -1)).save(path)
+    return path
+
+
+def test_quicklook_is_drawn_on_the_view_read_with_the_tiles(tmp_path: Path, monkeypatch) -> None:
+    """The batch reads the quicklook's view while the scene is open for the tiles (a PNG is decoded once) and
+    the quicklook comes out byte for byte as when the writer reads the scene itself."""
+    src = _png(tmp_path / "in" / "a.png")
+    config = BatchConfig(formats=("geojson",), tile=TileConfig(tile=64, overlap=0.2), quicklook=True)
+    reads: list[tuple[str, bool]] = []  # the scene read, and whether its pixels were decoded already
+    real = writers.quicklook_view
+    monkeypatch.setattr(
+        writers, "quicklook_view", lambda s, *a: reads.append((s.path, s._whole is not None)) or real(s, *a)
+    )
+    (tmp_path / "one").mkdir()
+    result = batch.predict_scene(str(src), "a", tmp_path / "one", config, detector())
+    assert result.error is None and result.counts["aircraft"] == 2
+    assert reads == [(str(src), True)]  # once, from the pipeline's scene, decoded for the tiles
+    alone = writers.write_quicklook(
+        batch.detect(str(src), config, detector()), tmp_path / "alone.quicklook.jpg", source=src
+    )
+    assert (tmp_path / "one" / "a.quicklook.jpg").read_bytes() == alone.read_bytes()
+
+
+def test_a_view_that_cannot_be_read_with_the_tiles_is_read_by_the_writer(tmp_path: Path, monkeypatch) -> None:
+    src = _png(tmp_path / "in" / "a.png")
+    config = BatchConfig(formats=("geojson",), tile=TileConfig(tile=64, overlap=0.2), quicklook=True)
+    calls = iter([RasterError("a.png: cannot read the image (a passing failure)")])
+    real = writers.quicklook_view
+
+    def flaky(scene, *a):
+        err = next(calls, None)
+        if err is not None:
+            raise err
+        return real(scene, *a)
+
+    monkeypatch.setattr(writers, "quicklook_view", flaky)
+    (tmp_path / "out").mkdir()
+    result = batch.predict_scene(str(src), "a", tmp_path / "out", config, detector())
+    assert result.error is None
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.px.geojson", "a.quicklook.jpg"]
