@@ -539,15 +539,7 @@ def detect(
     itself later and reports the problem there, after the other outputs are written.
     """
     detector = model.load() if isinstance(model, ModelSpec) else model
-
-    def keep_view(opened: Scene) -> None:
-        from detector.writers import quicklook_view
-
-        try:
-            views.append(quicklook_view(opened))  # type: ignore[union-attr]
-        except Exception as e:
-            logger.debug("%s: quicklook view not read with the tiles: %s", scene, e)
-
+    keep = functools.partial(_keep_view, views, scene) if views is not None and config.quicklook else None
     return detector.predict(
         scene,
         tile=config.tile,
@@ -556,8 +548,18 @@ def detect(
         gsd=config.gsd,
         progress=progress,
         force=config.force,
-        with_scene=keep_view if views is not None and config.quicklook else None,
+        with_scene=keep,
     )
+
+
+def _keep_view(views: list[QuicklookView], source: str, opened: Scene) -> None:
+    """Append the open scene's quicklook view to ``views``; a failed read is left to the quicklook writer."""
+    from detector.writers import quicklook_view
+
+    try:
+        views.append(quicklook_view(opened))
+    except Exception as e:
+        logger.debug("%s: quicklook view not read with the tiles: %s", source, e)
 
 
 def save_scene(
