@@ -242,8 +242,8 @@ class Detector:
             gsd: scene ground sample distance in metres per pixel, overriding the georeferencing.
             progress: called as ``progress(done_tiles, total_tiles)`` after every batch.
             force: run a scene far coarser than the model's GSD range anyway (see ``resolution_factor``).
-            with_scene: called with the open scene once its tiles are read, before it is closed (the batch reads
-                its quicklook's view there, while a PNG or JPEG decoded whole is still in memory).
+            with_scene: called with the open scene once its tiles are read, before it is closed (the batch
+                reads its quicklook's view there, while a PNG or JPEG decoded whole is still in memory).
 
         Returns:
             Detections in scene pixels with ``crs``, ``transform`` (full-resolution scene), ``gsd`` and
@@ -414,14 +414,14 @@ class Detector:
         if progress:
             progress(0, total)
         batches = _batches(scene, windows, plan.out_shape, batch)
-        prepare = getattr(self.predictor, "prepare", None) if windows else None
-        if prepare is not None:  # e.g. OpenVINO compiles for the tiles' shape: while the first ones are read
-            first = (min(batch, total), *plan.out_shape, 3)
-            prepare = functools.partial(prepare, first)
+        # e.g. OpenVINO compiles for the first batch's shape, while its tiles are read
+        prepare = getattr(self.predictor, "prepare", None)
+        first = (min(batch, total), *plan.out_shape, 3)
+        get_ready = functools.partial(prepare, first) if prepare is not None and windows else None
         if self.prefetch:
-            batches = _read_ahead(batches, meanwhile=prepare)
-        elif prepare is not None:
-            prepare()
+            batches = _read_ahead(batches, meanwhile=get_ready)
+        elif get_ready is not None:
+            get_ready()
         with contextlib.closing(batches) as stream:
             for chunk in stream:
                 if chunk.tiles:
