@@ -1194,15 +1194,12 @@ def write_changes(changes: Changes, path: str | Path, *, keep_crs: bool = False)
     Raises:
         WriteError: the file cannot be written or its extension is neither.
     """
-    from detector.writers import atomic_path
+    from detector.writers import atomic_path, write_json
 
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in (".geojson", ".json"):
-        doc = to_geojson(changes, keep_crs=keep_crs)
-        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(doc, separators=(",", ":")))  # the one-shot encoder is the C one
-            fh.write("\n")
+        write_json(path, to_geojson(changes, keep_crs=keep_crs))  # unknown values are null, never NaN
         return path
     if suffix != ".gpkg":
         raise WriteError(f"{path}: change layers are .gpkg or .geojson, got {path.suffix!r}")

@@ -675,7 +675,7 @@ def _reason(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-def _write_json(path: Path, obj: Any) -> None:
+def write_json(path: Path, obj: Any) -> None:
     """``obj`` as compact JSON, atomically; a ``NaN``/infinity that slipped through is an error, not text.
 
     ``json.dumps``, not ``json.dump``: only the one-shot encoder is the C one (a 610-feature GeoJSON: 0.03 s
@@ -790,7 +790,7 @@ def write_geojson(
     path = Path(path)
     collection = to_geojson(dets, keep_crs=keep_crs, provenance=provenance)
     _warn_pixels(dets, path)
-    _write_json(path, collection)
+    write_json(path, collection)
     return path
 
 
@@ -1339,7 +1339,7 @@ def write_coco(
         LabelError: ``coco_images`` cannot be read or lacks a scene.
     """
     path = Path(path)
-    _write_json(path, to_coco(dets, image_id=image_id, coco_images=coco_images, provenance=provenance))
+    write_json(path, to_coco(dets, image_id=image_id, coco_images=coco_images, provenance=provenance))
     return path
 
 
@@ -1589,7 +1589,7 @@ def write_collection(
         collection = _geojson(scenes, keep_crs=keep_crs, provenance=provenance, collection=True)
         for d in scenes:
             _warn_pixels(d, path)
-        _write_json(path, collection)
+        write_json(path, collection)
     elif fmt == "csv":
         _write_csv(path, scenes, provenance, collection=True)
     elif fmt in ("gpkg", "fgb"):

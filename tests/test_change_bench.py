@@ -130,6 +130,55 @@ def test_scoring_keeps_each_labelled_changes_scores_and_counts_unexplained_recor
     assert table["all"]["spurious"] == 1
 
 
+def test_the_section_pools_the_seeds_and_gives_each_seeds_own_figures() -> None:
+    def row(departed: tuple[int, int], arrived: tuple[int, int]) -> dict:
+        return {
+            "class": "all",
+            "departed": departed,
+            "departed_found": departed,
+            "arrived": arrived,
+            "arrived_found": arrived,
+            "moved": (0, 0),
+            "stayed_flagged": (0, 10),
+            "not_covered_as_departed": (0, 0),
+            "spurious": 0,
+        }
+
+    by_seed = [
+        {"seed": 0, "pairs": 2, **row((2, 2), (3, 4))},
+        {"seed": 5, "pairs": 2, **row((1, 2), (4, 4))},
+    ]
+    dota = {
+        "pairs": 4,
+        "shift_range": "0.0-10.0",
+        "shift_err_median": 0.02,
+        "shift_err_max": 0.05,
+        "table": [row((3, 4), (7, 8))],
+        "by_seed": by_seed,
+    }
+    results = {
+        "sets": {"dota": dota},
+        "seeds": [0, 5],
+        "when": "now",
+        "seconds": 1.0,
+        "load_before": 0.1,
+        "load_after": 0.2,
+        "cpus": 2,
+        "model": "m",
+        "high": 0.4,
+        "mid": 0.3,
+        "low": 0.1,
+        "clear": 3.0,
+        "paste": "poisson",
+        "move_radius": 30.0,
+    }
+    text = cb._section(results)
+    assert "Pairs of 2 seeds (0, 5), pooled; the thresholds were chosen on the pairs of seed 0" in text
+    assert "seed 0 (2 pairs): departed 1.00 (2/2), arrived 0.75 (3/4)" in text
+    assert "seed 5 (2 pairs): departed 0.50 (1/2), arrived 1.00 (4/4)" in text
+    assert "| all | 0.75 (3/4) | 0.75 (3/4) | 0.88 (7/8) |" in text
+
+
 # ----------------------------------------------------------------------------------------------------------
 # covers and pastes keep off what the model sees on date A, labelled or not
 # ----------------------------------------------------------------------------------------------------------

@@ -920,7 +920,7 @@ def test_non_finite_gsd_writes_null_lengths(
 
 def test_json_writers_refuse_to_write_nan(tmp_path: Path) -> None:
     with pytest.raises(writers.WriteError, match=r"x\.json: cannot write \(Out of range float"):
-        writers._write_json(tmp_path / "x.json", {"a": math.nan})
+        writers.write_json(tmp_path / "x.json", {"a": math.nan})
     assert list(tmp_path.iterdir()) == []
 
 
