@@ -47,10 +47,11 @@ labelled object is matched to the nearest change record within ``max(3 m, half i
 Reported per class: recall of departed / arrived / moved over all labelled changes, and over those the model
 detects at the mid threshold in the date where they exist (the change logic's own recall); stayed objects
 given a change status (over the stayed objects with a record); spurious changes (departed/arrived records
-near no labelled change); the misregistration error. Every figure pools the pairs of several seeds (``--seeds``, default 0, 1, 2:
-each seed draws other removals, pastes, places and shifts from the same scenes), because one seed's 12 DOTA pairs
-hold only about 20 departures and 36 arrivals, and the seed alone moved DOTA arrival recall from 0.75 to 0.92
-(2026-12-02); the section also gives each seed's own figures. The BENCHMARKS.md section between
+near no labelled change); the misregistration error. Every figure pools the pairs of several seeds
+(``--seeds``, default 0, 1, 2: each seed draws other removals, pastes, places and shifts from the same
+scenes), because one seed's 12 DOTA pairs hold only about 20 departures and 36 arrivals, and the seed alone
+moved DOTA arrival recall from 0.75 to 0.92 (2026-12-02); the section also gives each seed's own figures.
+The BENCHMARKS.md section between
 ``<!-- change-bench:start -->`` and ``<!-- change-bench:end -->`` is replaced (appended when absent); the rest
 of the file is left as it is. A quicklook and the summary table of one DOTA pair go to ``docs/``.
 
@@ -844,8 +845,9 @@ def _section(results: dict) -> str:
         f"{results['load_after']:.2f} after, on {results['cpus']} CPUs). Model `{results['model']}`, predict "
         f"at conf {results['low']}, compare with `--high {results['high']} --mid {results['mid']} --low "
         f"{results['low']} --clear {results['clear']}`, default tolerances, `--move-radius "
-        f"{results['move_radius']}`. Pairs of {len(results['seeds'])} seeds ({seeds}), pooled; the thresholds "
-        f"were chosen on the pairs of seed {results['seeds'][0]}, so the other seeds' pairs are new to them. "
+        f"{results['move_radius']}`. Pairs of {len(results['seeds'])} seeds ({seeds}), pooled; the "
+        f"thresholds were chosen on the pairs of seed {results['seeds'][0]}, so the other seeds' pairs are "
+        "new to them. "
         "Rerun the script rather than editing by hand."
     )
     lines.append("")
@@ -944,7 +946,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--seeds",
         default="0,1,2",
-        help="one set of pairs per seed, pooled (default: %(default)s; the thresholds were chosen on seed 0's)",
+        help="one set of pairs per seed, pooled (default: %(default)s; the thresholds were chosen on the "
+        "first seed's)",
     )
     ap.add_argument(
         "--paste",
@@ -1068,6 +1071,7 @@ def run_seed(
     keep: list,
 ) -> dict[str, tuple[list[dict], list[dict]]]:
     """The DOTA pairs and the airport pairs of one seed: ``{set: (rows, pairs_info)}``."""
+    crops = None if args.crops is None else args.crops / f"seed-{seed}"
     dota = load_sources(args.data, "dota", 10)
     out = {
         "dota": run_set(
@@ -1080,7 +1084,7 @@ def run_seed(
             counts=(3, 3, 1),
             cfg=cfg,
             paste=args.paste,
-            crops=args.crops,
+            crops=crops,
             allow_gsd_change=True,
             seed=seed,
             keep=keep,
@@ -1100,7 +1104,7 @@ def run_seed(
             counts=(2, 2, 1),
             cfg=cfg,
             paste=args.paste,
-            crops=args.crops,
+            crops=crops,
             allow_gsd_change=False,
             seed=seed + 1,
             keep=[],
