@@ -808,6 +808,7 @@ def run(
     overlap: float | None = None,
     limit: int | None = None,
     *,
+    zoom: float = 1.0,
     iou_type: str | None = None,
     device: str = "cpu",
     threads: int | None = None,
@@ -829,6 +830,7 @@ def run(
         out_dir: where the reports go.
         conf: operating threshold for precision / recall (default: the config's ``conf``).
         tile, overlap: tiling (``None``: the model's tile size, the config's overlap).
+        zoom: magnification on top of any GSD resampling (:attr:`~detector.tiling.TileConfig.zoom`).
         limit: at most this many images per set (evenly spread), for quick runs.
         iou_type: ``"aabb"`` or ``"rotated"`` (default: per set, from the config).
         device: ``"cpu"`` or ``"cuda"``.
@@ -857,7 +859,7 @@ def run(
     conf_eval = float(cfg.get("conf_eval", 0.001))
     overlap = float(cfg.get("overlap", 0.2) if overlap is None else overlap)
     set_names = list(sets) if sets else list(cfg["sets"])
-    tile_cfg = TileConfig(tile=tile, overlap=overlap)
+    tile_cfg = TileConfig(tile=tile, overlap=overlap, zoom=zoom)
     if command is None:
         command = " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])
     out = Path(out_dir)
@@ -889,6 +891,7 @@ def run(
                 weights=str(w) if w is not None else None,
                 tile=tile,
                 overlap=overlap,
+                zoom=zoom,
                 conf_eval=conf_eval,
                 limit=limit,
                 data_root=str(data_root),
@@ -908,7 +911,8 @@ def run(
         + ", ".join(f"{n} {len(data[n][0])}" for n in set_names)
         + (f" (at most {limit} per set, evenly spread)" if limit else ""),
         f"operating threshold conf={conf} (P, R at IoU 0.50, all sizes); curves from detections at conf>={conf_eval}",
-        f"tiling: tile={tile or 'model imgsz'}, overlap={overlap}, device={device}; boxes compared as {boxes} "
+        f"tiling: tile={tile or 'model imgsz'}, overlap={overlap}, zoom={zoom}, device={device}; boxes compared "
+        f"as {boxes} "
         "(aabb: enclosing axis-aligned boxes); COCO 101-point AP, no per-image detection cap; sizes by GT box "
         "area in image pixels (small < 32², medium < 96², large)",
     ]

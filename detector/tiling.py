@@ -63,6 +63,13 @@ class TileConfig:
         grow: for models that run square tiles of any multiple of 32 (dynamic input), tiles may grow up to
             ``grow`` times ``tile`` when that needs fewer model pixels for the scene (a balanced grid, see
             :func:`balanced_tile`); 1.0 keeps ``tile``. Models with a fixed input size always run ``tile``.
+        zoom: magnify the scene by this factor on top of any GSD resampling (objects look ``zoom`` times
+            larger to the model, at ``zoom ** 2`` times the model pixels; below 1 shrinks). Small objects
+            gain: 1.5 measured (2026-12-02, the shipped detect model, ``detector eval --zoom 1.5``) AP50
+            gdit-airport/test aircraft 0.916 -> 0.946, hrplanes/test 0.981 -> 0.985, isaid-512/test small
+            vehicles 0.521 -> 0.612 and large vehicles 0.363 -> 0.430; but helicopters as rotor discs
+            (isaid-512/test-disc) 0.888 -> 0.727 (more false helicopters at the same recall), and nothing on
+            the 0.12-0.13 m aerial scenes (dota/demo -0.004 / -0.002, KIT +0.008). So 1.0 stays the default.
     """
 
     tile: int | None = None
@@ -72,6 +79,7 @@ class TileConfig:
     fit: bool = True
     coarse: bool = False
     grow: float = 1.25
+    zoom: float = 1.0
 
     def __post_init__(self) -> None:
         if self.tile is not None and (int(self.tile) != self.tile or self.tile < 1):
@@ -90,6 +98,10 @@ class TileConfig:
             raise ValueError(f"TileConfig.batch must be a positive integer or None, got {self.batch!r}")
         if not (1.0 <= self.grow <= MAX_GROW):
             raise ValueError(f"TileConfig.grow must be between 1.0 and {MAX_GROW}, got {self.grow!r}")
+        if not (1 / MAX_ZOOM <= self.zoom <= MAX_ZOOM):
+            raise ValueError(
+                f"TileConfig.zoom must be between {1 / MAX_ZOOM} and {MAX_ZOOM}, got {self.zoom!r}"
+            )
 
     def overlap_px(self, tile: int) -> int:
         """The overlap in pixels for tiles of ``tile`` pixels."""
@@ -342,7 +354,7 @@ def plan_tiles(
 
     Args:
         width, height: scene size in pixels.
-        config: tile size, overlap and resampling switch.
+        config: tile size, overlap, resampling switch and zoom.
         imgsz: the model's input size (the tile size when ``config.tile`` is None).
         scene_gsd: metres per pixel of the scene (``None``: unknown, no resampling).
         gsd_range: ``(finest, coarsest)`` metres per pixel of the model's training data.
@@ -359,7 +371,7 @@ def plan_tiles(
             fixed input size never gets another tile than its own.
     """
     size = int(config.tile or imgsz)
-    resample = resample_scale(scene_gsd, gsd_range, model_gsd) if config.resample else 1.0
+    resample = (resample_scale(scene_gsd, gsd_range, model_gsd) if config.resample else 1.0) / config.zoom
     overlap = config.overlap_px(size)
     window, window_overlap = _scene_window(size, overlap, resample)
     scale = window / size

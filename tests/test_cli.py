@@ -291,11 +291,13 @@ def test_options_reach_the_pipeline(
         "2",
         "--streams",
         "1",
+        "--zoom",
+        "1.5",
     )
     assert r.exit_code == 0, r.output
     kw = calls[0]
     t = kw["tile"]
-    assert (t.tile, t.overlap, t.batch, t.resample) == (64, 0.25, 3, False)
+    assert (t.tile, t.overlap, t.batch, t.resample, t.zoom) == (64, 0.25, 3, False, 1.5)
     assert kw["classes"] == ["helicopter"] and kw["bands"] == (3, 2, 1) and kw["gsd"] == 0.3
     assert callable(kw["progress"])
     assert fake_model["device"] == "cuda:1" and fake_model["threads"] == 2 and fake_model["streams"] == 1
@@ -563,11 +565,14 @@ def test_eval_passes_its_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         "5",
         "--tile",
         "640",
+        "--zoom",
+        "2",
         "-o",
         tmp_path,
     )
     assert r.exit_code == 0, r.output
     assert seen["weights"] == ["a.onnx", "b.onnx"] and seen["sets"] == ["hrplanes/test"]
+    assert seen["zoom"] == 2.0
     assert seen["limit"] == 5 and seen["tile"] == 640 and seen["out_dir"] == str(tmp_path)
     r = run("eval", "-o", tmp_path)
     assert seen["weights"] == [None] and seen["sets"] is None

@@ -319,6 +319,43 @@ def test_grow_is_validated(grow: float) -> None:
         TileConfig(grow=grow)
 
 
+@pytest.mark.parametrize("zoom", [0.2, 5.0, float("nan")])
+def test_zoom_is_validated(zoom: float) -> None:
+    with pytest.raises(ValueError, match="zoom"):
+        TileConfig(zoom=zoom)
+
+
+def test_zoom_magnifies_on_top_of_the_gsd_resampling() -> None:
+    config = TileConfig(tile=256, overlap=0, grow=1.0)
+    assert plan_tiles(1024, 1024, config, 256).scale == 1.0
+    zoomed = plan_tiles(1024, 1024, replace(config, zoom=2.0), 256)
+    assert zoomed.scale == 0.5 and zoomed.windows[1] == Window(128, 0, 128, 128) and len(zoomed.windows) == 64
+    # a 2 m scene for a model trained at 0.1-1 m is enlarged 2x to 1 m; zoom 2 enlarges it 2x more
+    assert plan_tiles(1024, 1024, config, 256, scene_gsd=2.0, gsd_range=(0.1, 1.0)).scale == 0.5
+    both = plan_tiles(1024, 1024, replace(config, zoom=2.0), 256, scene_gsd=2.0, gsd_range=(0.1, 1.0))
+    assert both.scale == 0.25
+    # off means off: without resampling only the zoom is left
+    off = plan_tiles(1024, 1024, replace(config, zoom=2.0, resample=False), 256, 2.0, (0.1, 1.0))
+    assert off.scale == 0.5
+
+
+def test_a_zoomed_scene_gives_its_objects_in_scene_pixels(tmp_path) -> None:
+    from detector.pipeline import Detector
+
+    image = np.full((3, 700, 900), 40, np.uint8)
+    boxes = [(20, 30, 60, 50), (400, 300, 460, 340), (800, 600, 880, 690)]
+    for box in boxes:
+        paint_box(image, *box)
+    scene = write_geotiff(tmp_path / "scene.tif", image)
+    plain, zoomed = BrightObjectPredictor(256), BrightObjectPredictor(256)
+    ref = Detector(plain).predict(scene, tile=TileConfig(overlap=64))
+    dets = Detector(zoomed).predict(scene, tile=TileConfig(overlap=64, zoom=1.5))
+    assert zoomed.tiles > 2 * plain.tiles  # 1.5 ** 2 the model pixels, more with the overlaps
+    assert dets.meta["scale"] == pytest.approx(1 / 1.5, abs=0.01)
+    for got in (ref, dets):
+        np.testing.assert_allclose(got.xyxy[np.argsort(got.xyxy[:, 0])], np.array(boxes, float), atol=1.5)
+
+
 def test_spread_grid_table() -> None:
     # 1000 px, 256 px tiles, 64 px overlap: 5 tiles either way; spread steps 186/186/186/186 instead of 192 x 3 + 168
     assert tile_grid(1000, 256, 256, 64, spread=True) == _grid([0, 186, 372, 558, 744], [0], 256)

@@ -234,7 +234,17 @@ def model_options(f: F) -> F:
 
 
 def tile_options(f: F) -> F:
-    """``--tile --overlap`` shared by predict and eval."""
+    """``--tile --overlap --zoom`` shared by predict, eval and change."""
+    f = click.option(
+        "--zoom",
+        type=click.FloatRange(min=0.25, max=4.0),
+        default=1.0,
+        show_default=True,
+        callback=check_finite,
+        help="Magnify scenes by this factor on top of any GSD resampling: small objects gain, at zoom^2 "
+        "the time (1.5 measured: small aircraft and 0.3-0.5 m vehicles better, helicopters worse; see "
+        "TileConfig).",
+    )(f)
     f = click.option(
         "--overlap",
         type=click.FloatRange(min=0),
