@@ -893,3 +893,33 @@ def test_cross_class_duplicates_are_one_object() -> None:
     assert statuses(c)["arrived"] == 0 and statuses(c)["stayed"] == 10
     assert c.meta["duplicates"] == {"before": 0, "after": 1}
     assert set(c.columns["id_after"].tolist()) == set(range(10))  # ids index the detections as given
+
+
+# ------------------------------------------------------------------------------------------------ zoom by GSD
+
+
+def test_change_zooms_only_satellite_resolution() -> None:
+    assert ch.change_zoom(None) == 1.0 and ch.change_zoom(0.12) == 1.0 and ch.change_zoom(0.29) == 1.0
+    assert ch.change_zoom(ch.CHANGE_ZOOM_GSD_M) == ch.CHANGE_ZOOM == 1.25 and ch.change_zoom(0.5) == 1.25
+
+
+def test_load_date_zooms_a_coarse_scene_and_leaves_a_fine_one(tmp_path: Path) -> None:
+    from detector.pipeline import Detector
+    from detector.tiling import TileConfig
+
+    image = np.full((3, 400, 400), 40, np.uint8)
+    paint_box(image, 100, 120, 130, 140)
+    coarse = write_geotiff(tmp_path / "coarse.tif", image)  # 0.5 m
+    fine = write_geotiff(tmp_path / "fine.tif", image, transform=Affine(0.1, 0, 500000.0, 0, -0.1, 4000000.0))
+    det = Detector(BrightObjectPredictor(imgsz=256))
+
+    def scale(path: Path, **kw: object) -> float:
+        return ch.load_date(path, det, tile=TileConfig(overlap=32), **kw).dets.meta["scale"]
+
+    assert scale(coarse, zoom="auto") == pytest.approx(1 / 1.25, abs=0.01)
+    assert scale(fine, zoom="auto") == 1.0
+    assert scale(fine, zoom="auto", gsd=0.4) == pytest.approx(1 / 1.25, abs=0.01)  # --gsd decides
+    assert scale(coarse) == 1.0  # the Python default: the tiling as given
+    assert scale(coarse, zoom=2.0) == pytest.approx(0.5, abs=0.01)
+    got = ch.load_date(coarse, det, zoom="auto").dets
+    np.testing.assert_allclose(got.xyxy, [[100, 120, 130, 140]], atol=1.5)  # in scene pixels all the same

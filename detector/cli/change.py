@@ -135,7 +135,7 @@ def change(
     threads: int | None,
     tile: int | None,
     overlap: float | None,
-    zoom: float,
+    zoom: float | None,
     high: float,
     mid: float,
     clear_m: float,
@@ -190,8 +190,11 @@ def change(
         from detector.pipeline import Detector
 
         detector = Detector.load(weights, device=device, conf=low, threads=threads)
-    tiling = TileConfig(tile=tile, overlap=0.2 if overlap is None else overlap, zoom=zoom)
-    dates = [ch.load_date(p, detector, tile=tiling, bands=bands, gsd=gsd) for p in inputs]
+    tiling = TileConfig(tile=tile, overlap=0.2 if overlap is None else overlap)
+    dates = [
+        ch.load_date(p, detector, tile=tiling, bands=bands, gsd=gsd, zoom="auto" if zoom is None else zoom)
+        for p in inputs
+    ]
     ch.check_models(dates)
     for d in dates:
         recorded = d.dets.meta.get("conf")

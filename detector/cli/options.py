@@ -238,12 +238,11 @@ def tile_options(f: F) -> F:
     f = click.option(
         "--zoom",
         type=click.FloatRange(min=0.25, max=4.0),
-        default=1.0,
-        show_default=True,
+        default=None,
         callback=check_finite,
         help="Magnify scenes by this factor on top of any GSD resampling: small objects gain, at zoom^2 "
         "the time (1.5 measured: small aircraft and 0.3-0.5 m vehicles better, helicopters worse; see "
-        "TileConfig).",
+        "TileConfig). Default 1; detector change: 1.25 for scenes of 0.3 m/px or coarser, else 1.",
     )(f)
     f = click.option(
         "--overlap",
