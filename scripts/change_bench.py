@@ -1086,6 +1086,7 @@ def run_seed(
     """The DOTA pairs and the airport pairs of one seed: ``{set: (rows, pairs_info)}``."""
     crops = None if args.crops is None else args.crops / f"seed-{seed}"
     zoom = "auto" if args.zoom is None else args.zoom  # as `detector change`
+    same = {"cfg": cfg, "paste": args.paste, "crops": crops, "zoom": zoom}  # both sets
     dota = load_sources(args.data, "dota", 10)
     out = {
         "dota": run_set(
@@ -1096,13 +1097,10 @@ def run_seed(
             shifts=shifts,
             variants=variants,
             counts=(3, 3, 1),
-            cfg=cfg,
-            paste=args.paste,
-            crops=crops,
-            zoom=zoom,
             allow_gsd_change=True,
             seed=seed,
             keep=keep,
+            **same,
         )
     }
     air_rows: list[dict] = []
@@ -1117,13 +1115,10 @@ def run_seed(
             shifts=[AIRPORT_SHIFT_M],
             variants=1,
             counts=(2, 2, 1),
-            cfg=cfg,
-            paste=args.paste,
-            crops=crops,
-            zoom=zoom,
             allow_gsd_change=False,
             seed=seed + 1,
             keep=[],
+            **same,
         )
         air_rows += r
         air_info += i
