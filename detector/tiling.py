@@ -69,7 +69,8 @@ class TileConfig:
             gdit-airport/test aircraft 0.916 -> 0.946, hrplanes/test 0.981 -> 0.985, isaid-512/test small
             vehicles 0.521 -> 0.612 and large vehicles 0.363 -> 0.430; but helicopters as rotor discs
             (isaid-512/test-disc) 0.888 -> 0.727 (more false helicopters at the same recall), and nothing on
-            the 0.12-0.13 m aerial scenes (dota/demo -0.004 / -0.002, KIT +0.008). So 1.0 stays the default.
+            the 0.12-0.13 m aerial scenes (dota/demo -0.004 / -0.002, KIT +0.008). So 1.0 stays the default
+            (``detector change`` zooms scenes of 0.3 m/px or coarser: :func:`detector.change.change_zoom`).
     """
 
     tile: int | None = None
