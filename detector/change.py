@@ -1518,10 +1518,9 @@ def _scene_gsd(path: str, gsd: float | None) -> float | None:
     """The GSD a scene would be predicted at: ``gsd`` when given, else its georeferencing's."""
     if gsd is not None:
         return float(gsd)
-    from detector.raster import open_scene
+    from detector.raster import gsd_of
 
-    with open_scene(path) as scene:
-        return scene.gsd
+    return gsd_of(path)
 
 
 def _scene_of(dets: Detections, results_file: Path) -> str | None:

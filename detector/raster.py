@@ -169,8 +169,8 @@ class Scene:
         self._lut = _palette(dataset, path, self.bands)
         self._masked = any(dataset.mask_flag_enums[b - 1] != [MaskFlags.all_valid] for b in self._unique)
         self.crs = dataset.crs
-        georeferenced = dataset.crs is not None or dataset.transform != Affine.identity()
-        self.transform: Affine | None = dataset.transform if georeferenced else None
+        self.transform: Affine | None = _transform_of(dataset)
+        georeferenced = self.transform is not None
         if not georeferenced and (dataset.gcps[0] or dataset.rpcs):
             logger.warning(
                 "%s has GCPs/RPCs but no geotransform: outputs stay in pixel coordinates "
@@ -753,6 +753,23 @@ def _palette(dataset: Any, path: str, bands: tuple[int, int, int]) -> np.ndarray
         if 0 <= index < len(lut):
             lut[index] = rgba[:3]
     return lut
+
+
+def _transform_of(dataset: DatasetReaderBase) -> Affine | None:
+    """The dataset's geotransform, or ``None`` when it has none (no CRS and the identity transform)."""
+    georeferenced = dataset.crs is not None or dataset.transform != Affine.identity()
+    return dataset.transform if georeferenced else None
+
+
+def gsd_of(path: str | Path) -> float | None:
+    """The GSD (m/px) a raster's georeferencing gives, as :attr:`Scene.gsd` has it, without opening it as a
+    :class:`Scene` (no decode checks, no stretch: a 2560 px PNG 0.14 s -> a few ms). ``None`` when unknown.
+
+    Raises:
+        RasterError: as :func:`open_dataset`.
+    """
+    with open_dataset(path) as ds:
+        return _gsd_from_georeferencing(ds.crs, _transform_of(ds), ds.width, ds.height)
 
 
 def _gsd_from_georeferencing(crs: Any, transform: Affine | None, width: int, height: int) -> float | None:

@@ -610,3 +610,20 @@ def test_a_large_striped_image_is_not_decoded_whole(tmp_path: Path, monkeypatch:
         assert not scene._read_whole
         scene.read(Window(0, 0, 32, 32))
         assert scene._whole is None
+
+
+def test_gsd_of_reads_the_georeferencing_as_the_scene_does(tmp_path: Path) -> None:
+    from detector.raster import gsd_of
+
+    image = np.full((3, 64, 64), 90, np.uint8)
+    utm = write_geotiff(tmp_path / "utm.tif", image)  # 0.5 m
+    geo = write_geotiff(
+        tmp_path / "geo.tif", image, crs=CRS.from_epsg(4326), transform=Affine(1e-5, 0, 10.0, 0, -1e-5, 50.0)
+    )
+    plain = write_geotiff(tmp_path / "plain.tif", image, crs=None, transform=Affine.identity())
+    for path in (utm, geo, plain):
+        with open_scene(path) as scene:
+            assert gsd_of(path) == scene.gsd
+    assert gsd_of(utm) == 0.5 and gsd_of(plain) is None
+    with pytest.raises(RasterError, match="missing.tif: file not found"):
+        gsd_of(tmp_path / "missing.tif")
