@@ -770,6 +770,7 @@ def run_set(
     keep: list,
     crops: Path | None = None,
     zoom: float | str | None = "auto",
+    dates_a: dict[str, object] | None = None,
 ) -> tuple[list[dict], list[dict]]:
     from detector import change as ch
 
@@ -779,9 +780,14 @@ def run_set(
     move_radius = cfg.move_radius_m  # type: ignore[attr-defined]
     k = 0
     for src in sources:
-        # date A is the same for every pair of this scene: written and run through the model once, before
-        # any B is built, so that B's covers and pastes keep off what the model sees on A
-        a = ch.load_date(write_date_a(src, work, k), detector, zoom=zoom)
+        # date A is the same for every pair of this scene (every seed's too): written and run through the model
+        # once, before any B is built, so that B's covers and pastes keep off what the model sees on A
+        key = f"{name}/{src.name}"
+        a = None if dates_a is None else dates_a.get(key)
+        if a is None:
+            a = ch.load_date(write_date_a(src, work, k), detector, zoom=zoom)
+            if dates_a is not None:
+                dates_a[key] = a
         for v in range(variants):
             shift = shifts[k % len(shifts)]
             pair = build_pair(
@@ -840,8 +846,10 @@ def run_set(
 def _section(results: dict) -> str:
     lines = [START, "## Change between dates (`detector change`)", ""]
     seeds = ", ".join(str(k) for k in results["seeds"])
+    from detector.change import CHANGE_ZOOM, CHANGE_ZOOM_GSD_M
+
     zoom = (
-        ", `detector change`'s zoom (1.25 from 0.3 m/px on)"
+        f", `detector change`'s zoom ({CHANGE_ZOOM} from {CHANGE_ZOOM_GSD_M} m/px on)"
         if results.get("zoom") is None
         else f", `--zoom {results['zoom']}`"
     )
@@ -994,9 +1002,9 @@ def main(argv: list[str] | None = None) -> int:
     detector = Detector.load(args.weights, conf=cfg.low)
     args.work.mkdir(parents=True, exist_ok=True)
     shifts = [float(s) for s in args.shifts.split(",")]
-    seeds = (
-        [int(s) for s in args.seeds.split(",")][:1] if args.quick else [int(s) for s in args.seeds.split(",")]
-    )
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if args.quick:
+        seeds = seeds[:1]
     n_air = 4 if args.quick else args.airports
     variants = 1 if args.quick else args.variants
     results: dict = {"sets": {}, "seeds": seeds}
@@ -1004,20 +1012,26 @@ def main(argv: list[str] | None = None) -> int:
     all_pairs: list[dict] = []
     pooled: dict[str, tuple[list, list]] = {"dota": ([], []), "airport": ([], [])}
     by_seed: dict[str, list[dict]] = {"dota": [], "airport": []}
-    for seed in seeds:
-        with tempfile.TemporaryDirectory(dir=args.work) as tmp:
+    sources = {
+        n: load_sources(args.data, n, 10 if n == "dota" else n_air) for n in ("dota", "gdit", "hrplanes")
+    }
+    dates_a: dict[str, object] = {}  # date A depends on the scene only, not on the seed: predicted once
+    with tempfile.TemporaryDirectory(dir=args.work) as tmp:
+        for seed in seeds:
             got = run_seed(
                 args,
                 detector,
                 cfg,
                 Path(tmp),
+                sources,
+                dates_a,
                 seed=seed,
                 shifts=shifts,
-                n_air=n_air,
                 variants=variants,
                 keep=keep if seed == seeds[0] else [],
             )
-            if seed == seeds[0] and keep and not args.quick:  # the README pair; its scenes are in tmp
+            # the README pair, before the next seed's dates B take the same file names
+            if seed == seeds[0] and keep and not args.quick:
                 _, pair, a, b, changes = keep[0]
                 args.docs.mkdir(parents=True, exist_ok=True)
                 ch.write_quicklook(
@@ -1033,15 +1047,15 @@ def main(argv: list[str] | None = None) -> int:
                     f"({changes.shift_m[0]:+.2f}, {changes.shift_m[1]:+.2f}) m\n{table}\n",
                     encoding="utf-8",
                 )
-        for key, (rows, info) in got.items():
-            for r in rows:
-                r["seed"] = seed
-            for i in info:
-                i["seed"] = seed
-            pooled[key][0].extend(rows)
-            pooled[key][1].extend(info)
-            all_pairs += info
-            by_seed[key].append({"seed": seed, "pairs": len(info), **aggregate(rows, [])[-1]})
+            for key, (rows, info) in got.items():
+                for r in rows:
+                    r["seed"] = seed
+                for i in info:
+                    i["seed"] = seed
+                pooled[key][0].extend(rows)
+                pooled[key][1].extend(info)
+                all_pairs += info
+                by_seed[key].append({"seed": seed, "pairs": len(info), **aggregate(rows, [])[-1]})
     for key, classes in (("dota", ["small-vehicle", "large-vehicle"]), ("airport", ["aircraft"])):
         results["sets"][key] = {**_set_result(*pooled[key], classes), "by_seed": by_seed[key]}
     results.update(
@@ -1076,22 +1090,23 @@ def run_seed(
     detector: object,
     cfg: object,
     work: Path,
+    sources: dict[str, list[Source]],
+    dates_a: dict[str, object],
     *,
     seed: int,
     shifts: list[float],
-    n_air: int,
     variants: int,
     keep: list,
 ) -> dict[str, tuple[list[dict], list[dict]]]:
-    """The DOTA pairs and the airport pairs of one seed: ``{set: (rows, pairs_info)}``."""
+    """The DOTA pairs and the airport pairs of one seed: ``{set: (rows, pairs_info)}``; ``sources`` by set name,
+    ``dates_a`` the dates A already predicted (:func:`run_set` adds to it)."""
     crops = None if args.crops is None else args.crops / f"seed-{seed}"
     zoom = "auto" if args.zoom is None else args.zoom  # as `detector change`
-    same = {"cfg": cfg, "paste": args.paste, "crops": crops, "zoom": zoom}  # both sets
-    dota = load_sources(args.data, "dota", 10)
+    same = {"cfg": cfg, "paste": args.paste, "crops": crops, "zoom": zoom, "dates_a": dates_a}  # both sets
     out = {
         "dota": run_set(
             "dota",
-            dota,
+            sources["dota"],
             detector,
             work,
             shifts=shifts,
@@ -1106,10 +1121,9 @@ def run_seed(
     air_rows: list[dict] = []
     air_info: list[dict] = []
     for set_name in ("gdit", "hrplanes"):
-        srcs = load_sources(args.data, set_name, n_air)
         r, i = run_set(
             "airport",
-            srcs,
+            sources[set_name],
             detector,
             work,
             shifts=[AIRPORT_SHIFT_M],
