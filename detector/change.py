@@ -13,6 +13,9 @@ The flow of :func:`compare`, top to bottom:
       -> stage 2: confident leftovers of both dates within ``move_radius_m``, similar size -> moved
       -> leftovers above the *high* score -> departed / arrived; leftovers between *mid* and *high* only
          when the other date is clear at their place; objects outside the common area -> not-covered
+      -> with both scenes at hand, the pixels under each leftover (:func:`pixel_change`): ones between *low*
+         and *mid* are changes too when the other date is clear and the pixels changed (``pixel_ratio``);
+         any leftover on ground that looks the same on both dates is none (``pixel_same``)
 
 Hysteresis: predict with a low confidence (e.g. 0.1) and compare with three thresholds. An object of the
 before date counts as departed when it is unmatched and either its score is at least ``high``, or it is at
@@ -82,6 +85,9 @@ CHANGE_ZOOM_GSD_M = 0.3
 CHANGE_ZOOM = 1.25
 #: Phase-correlation peaks at least this many robust standard deviations high are trusted.
 PHASE_MIN_STRENGTH = 8.0
+
+#: Samples a side of the footprint grid of :func:`pixel_change`.
+PIXEL_SAMPLES = 12
 #: Layer name of GeoPackage change outputs.
 CHANGE_LAYER = "changes"
 
@@ -114,6 +120,12 @@ class ChangeConfig:
         edge_m: an object whose footprint, grown by this, is not inside the common area is not-covered.
         duplicate_ios: two detections of one date, of different classes of one group, whose footprints overlap
             by more than this (intersection over the smaller) are one object: the lower score is dropped.
+        pixel_ratio: with both scenes at hand, an unmatched object scoring from ``low`` up to ``mid`` still
+            counts as departed or arrived when the other date is clear at its place (as for ``mid``) and
+            :func:`pixel_change` under it is at least this; ``None``: off.
+        pixel_same: with both scenes at hand, an unmatched object whose :func:`pixel_change` is below this is
+            no change at any score: the ground under it looks the same on both dates, so the model missed it
+            on one of them; ``None``: off.
         groups: compatibility groups: name -> class names that may match each other.
     """
 
@@ -133,6 +145,8 @@ class ChangeConfig:
     heading_weight: float = 0.25
     edge_m: float = 1.0
     duplicate_ios: float = 0.7
+    pixel_ratio: float | None = 5.0
+    pixel_same: float | None = 1.5
     groups: Mapping[str, Sequence[str]] = field(default_factory=lambda: dict(DEFAULT_GROUPS))
 
     def __post_init__(self) -> None:
@@ -144,6 +158,10 @@ class ChangeConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        for name in ("pixel_ratio", "pixel_same"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and 0 <= value < math.inf):
+                raise ValueError(f"{name} must be a finite number >= 0 or None, got {value!r}")
         if self.move_size_ratio < 1:
             raise ValueError(f"move_size_ratio must be at least 1, got {self.move_size_ratio!r}")
 
@@ -197,7 +215,8 @@ class Changes:
     Columns (``columns``): ``status`` (one of :data:`STATUSES`), ``class`` (the before class when the object
     exists before, else the after class), ``class_before``/``class_after`` (``""`` when absent),
     ``score_before``/``score_after`` and ``length_m``/``heading_deg`` (``nan`` when absent/unknown),
-    ``id_before``/``id_after`` (index into that date's detections, ``-1`` when absent), ``date`` (``"before"``
+    ``id_before``/``id_after`` (index into that date's detections, ``-1`` when absent), ``pixel_change``
+    (:func:`pixel_change` under an unmatched object when the scenes were looked at, else ``nan``), ``date`` (``"before"``
     or ``"after"``: which date a not-covered object was seen in; ``"both"`` for matched objects), ``x``/``y``
     (centre in :attr:`crs`, before frame), ``x_after``/``y_after`` (after's own georeferencing, in
     :attr:`crs`), ``displacement_m`` (after centre, aligned, minus before centre; ``nan`` when unmatched).
@@ -513,16 +532,34 @@ def phase_shift(
 ) -> tuple[np.ndarray, float] | None:
     """The after scene's misregistration ``(dx, dy)`` in metres (east, north) by phase correlation.
 
-    Both scenes are resampled (bilinear, one gray band, invalid pixels set to the mean) onto one grid of the
-    working ``crs`` covering the bounds of ``common`` (the overlap of the two valid areas, before any shift) at
-    the coarser of the two GSDs (or ``resolution_m``; at most ``max_pixels`` a side), windowed (Hann), and the
-    normalised cross-power spectrum's peak within ``max_shift_m`` is refined to a fraction of a pixel
-    (parabola through its neighbours).
+    Both scenes are resampled (:func:`overlap_grays`: bilinear, one gray band) onto one grid of the working
+    ``crs`` covering the bounds of ``common`` (the overlap of the two valid areas, before any shift) at the
+    coarser of the two GSDs (or ``resolution_m``; at most ``max_pixels`` a side), invalid pixels set to the
+    mean, windowed (Hann), and the normalised cross-power spectrum's peak within ``max_shift_m`` is refined
+    to a fraction of a pixel (parabola through its neighbours).
 
     Returns:
         ``(shift, strength)``, where ``strength`` is the peak's height over the correlation surface's robust
         spread (above about 8 the peak is unambiguous), or ``None`` when the overlap is too small.
     """
+    grays = overlap_grays(
+        before_scene, after_scene, common, crs, resolution_m=resolution_m, max_pixels=max_pixels
+    )
+    return None if grays is None else _phase_correlate(*grays, crs, max_shift_m)
+
+
+def overlap_grays(
+    before_scene: str | Path,
+    after_scene: str | Path,
+    common: Any,
+    crs: Any,
+    *,
+    resolution_m: float | None = None,
+    max_pixels: int = 1024,
+) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """Both scenes' gray (the mean of the first three bands) on one grid of ``crs`` over ``common``'s bounds,
+    ``nan`` where invalid, and the grid's cell size in ``crs`` units; ``None`` when the overlap is too small
+    (under 32 cells a side, or under 10 % valid)."""
     import rasterio
     from affine import Affine
     from rasterio.enums import Resampling
@@ -541,7 +578,7 @@ def phase_shift(
     if min(cols, rows) < 32:
         return None
     grid = Affine(res, 0, x0, 0, -res, y1)
-    images = []
+    grays = []
     for scene in (before_scene, after_scene):
         with rasterio.open(scene) as ds:
             count = 3 if ds.count >= 3 else 1
@@ -555,11 +592,22 @@ def phase_shift(
                 resampling=Resampling.bilinear,
             )
         gray = dst.mean(axis=0)
-        good = np.isfinite(gray)
-        if good.sum() < 0.1 * good.size:
+        if np.isfinite(gray).sum() < 0.1 * gray.size:
             return None
-        gray = (gray - gray[good].mean()) / (gray[good].std() + 1e-6)
-        images.append(np.where(good, gray, 0.0).astype(np.float32))
+        grays.append(gray)
+    return grays[0], grays[1], float(res)
+
+
+def _phase_correlate(
+    gray_b: np.ndarray, gray_a: np.ndarray, res: float, crs: Any, max_shift_m: float
+) -> tuple[np.ndarray, float]:
+    unit = _unit_factor(crs)
+    rows, cols = gray_b.shape
+    images = []
+    for gray in (gray_b, gray_a):
+        good = np.isfinite(gray)
+        z = (gray - gray[good].mean()) / (gray[good].std() + 1e-6)
+        images.append(np.where(good, z, 0.0).astype(np.float32))
     window = np.outer(np.hanning(rows), np.hanning(cols)).astype(np.float32)
     fa = np.fft.fft2(images[0] * window)
     fb = np.fft.fft2(images[1] * window)
@@ -583,6 +631,163 @@ def phase_shift(
     strength = float((corr[py, px] - np.median(corr)) / spread)
     # grid columns run east, rows run south
     return np.array([dx * res * unit, -dy * res * unit]), strength
+
+
+def pixel_change(
+    before_scene: str | Path,
+    after_scene: str | Path,
+    rings: np.ndarray,
+    crs: Any,
+    shift: np.ndarray,
+    *,
+    lut: tuple[np.ndarray, np.ndarray] | None = None,
+    samples: int = PIXEL_SAMPLES,
+) -> np.ndarray:
+    """How much the ground under each footprint changed between the two scenes' pixels.
+
+    ``rings`` are footprints ``(N, 4, 2)`` in the working ``crs`` and the before date's frame; the after scene
+    is sampled at ``rings + shift`` (``shift`` in the same units: the misregistration that was removed). Each
+    footprint is sampled on a ``samples`` x ``samples`` grid, and its surroundings (a square of 3 x its long
+    side around it, less the footprint grown by 30 %) on another, in one gray band of each scene (bilinear).
+    The after date's gray is brought into the before date's radiometry by ``lut`` (:func:`radiometric_lut`
+    of the whole overlap; none: as it is) and then by the surroundings' median difference (local
+    illumination). The change is the root mean square difference of the footprint's samples over that of
+    the surroundings' (their noise and misregistration; at least 1 % of the surroundings' range): about 1
+    where only the radiometry changed, several where an object came or went. A saturated sample (at the top
+    of its format) bounds its value from below only.
+
+    Returns:
+        ``(N,)`` ratios, ``nan`` where either scene has too few valid pixels at the footprint.
+    """
+    n = len(rings)
+    out = np.full(n, np.nan)
+    if n == 0:
+        return out
+    rings = np.asarray(rings, np.float64)
+    foot, ctx = _sample_grids(samples)
+    centre = rings.mean(axis=1)
+    e1 = rings[:, 1] - rings[:, 0]
+    e2 = rings[:, 3] - rings[:, 0]
+    long_side = np.maximum(np.linalg.norm(e1, axis=1), np.linalg.norm(e2, axis=1))
+    # the footprint in its own frame; the surroundings as a square in the same orientation
+    pts_f = centre[:, None] + foot[None, :, :1] * e1[:, None] + foot[None, :, 1:] * e2[:, None]
+    u1 = e1 / np.maximum(np.linalg.norm(e1, axis=1), 1e-12)[:, None]
+    u2 = e2 / np.maximum(np.linalg.norm(e2, axis=1), 1e-12)[:, None]
+    side = 3.0 * long_side[:, None, None]
+    pts_c = centre[:, None] + ctx[None, :, :1] * u1[:, None] * side + ctx[None, :, 1:] * u2[:, None] * side
+    # surroundings less the footprint grown by 30 %: in the footprint's frame, |s|, |t| <= 0.65
+    rel = pts_c - centre[:, None]
+    s = np.einsum("npk,nk->np", rel, e1) / np.maximum((e1 * e1).sum(1), 1e-12)[:, None]
+    t = np.einsum("npk,nk->np", rel, e2) / np.maximum((e2 * e2).sum(1), 1e-12)[:, None]
+    outside = (np.abs(s) > 0.65) | (np.abs(t) > 0.65)
+    pts = np.concatenate([pts_f, pts_c], axis=1)
+    nf = pts_f.shape[1]
+    vals_b, top_b = _sample_gray(before_scene, pts, crs)
+    vals_a, top_a = _sample_gray(after_scene, pts + np.asarray(shift, np.float64), crs)
+    for k in range(n):
+        fb, fa = vals_b[k, :nf], vals_a[k, :nf]
+        cb, ca = vals_b[k, nf:], vals_a[k, nf:]
+        okf = np.isfinite(fb) & np.isfinite(fa)
+        okc = np.isfinite(cb) & np.isfinite(ca) & outside[k]
+        if okf.sum() < 0.5 * nf or okc.sum() < 0.25 * outside[k].sum() or okc.sum() < 16:
+            continue
+        cb, ca = cb[okc], ca[okc]
+        res_c = _residual(cb, ca, lut, top_b, top_a)
+        offset = float(np.median(res_c))
+        res_c = res_c - offset
+        res_f = _residual(fb[okf], fa[okf], lut, top_b, top_a) - offset
+        span = float(np.percentile(cb, 98) - np.percentile(cb, 2))
+        floor = max(float(np.sqrt(np.mean(res_c**2))), 0.01 * span, 1e-6)
+        out[k] = float(np.sqrt(np.mean(res_f**2)) / floor)
+    return out
+
+
+def radiometric_lut(
+    gray_b: np.ndarray, gray_a: np.ndarray, points: int = 101
+) -> tuple[np.ndarray, np.ndarray]:
+    """Quantile matching of the after date's gray to the before date's over the pixels valid on both grids
+    (:func:`overlap_grays`): ``(after quantiles, before quantiles)`` for :func:`numpy.interp`. It follows
+    any monotone change of radiometry (gain, offset, gamma, saturation); the few pixels that changed barely
+    move the quantiles, and misregistration does not matter."""
+    both = np.isfinite(gray_b) & np.isfinite(gray_a)
+    q = np.linspace(0, 100, points)
+    return np.percentile(gray_a[both], q), np.percentile(gray_b[both], q)
+
+
+def _residual(
+    before: np.ndarray,
+    after: np.ndarray,
+    lut: tuple[np.ndarray, np.ndarray] | None,
+    top_b: float,
+    top_a: float,
+) -> np.ndarray:
+    """Before minus the after date's gray values in the before date's radiometry, where a saturated sample
+    (at its format's top) only bounds the true value from below: 0 where the two ranges overlap."""
+    pred = after if lut is None else np.interp(after, lut[0], lut[1])
+    pred_hi = np.where(after >= top_a - 0.5, np.inf, pred)
+    obs_hi = np.where(before >= top_b - 0.5, np.inf, before)
+    return np.where(obs_hi < pred, obs_hi - pred, np.where(pred_hi < before, before - pred_hi, 0.0))
+
+
+def _sample_grids(samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """Centred sample grids in ``[-0.5, 0.5]^2``: the footprint's (``samples`` a side) and its surroundings'
+    (twice as dense, over the same unit square: it is scaled to 3 x the long side)."""
+    u = (np.arange(samples) + 0.5) / samples - 0.5
+    s, t = np.meshgrid(u, u)
+    v = (np.arange(2 * samples) + 0.5) / (2 * samples) - 0.5
+    cs, ct = np.meshgrid(v, v)
+    return np.stack([s.ravel(), t.ravel()], 1), np.stack([cs.ravel(), ct.ravel()], 1)
+
+
+def _sample_gray(scene: str | Path, pts: np.ndarray, crs: Any) -> tuple[np.ndarray, float]:
+    """Bilinear samples of one gray band (the mean of the first three) at points ``(N, P, 2)`` given in
+    ``crs`` (pixels when ``None``), ``nan`` outside the scene and on invalid pixels; and the top of the
+    scene's format (saturation: 255 for 8 bits, ``inf`` for floating point)."""
+    import rasterio
+    from rasterio.windows import Window
+    from scipy.ndimage import map_coordinates
+
+    n, p, _ = pts.shape
+    out = np.full((n, p), np.nan)
+    try:
+        ds = rasterio.open(scene)
+    except Exception as e:  # noqa: BLE001 - rasterio raises several types for unreadable files
+        raise RasterError(f"{scene}: cannot read it for the pixel check ({e})") from e
+    with ds:
+        flat = pts.reshape(-1, 2)
+        if crs is not None:
+            if ds.crs is not None and ds.crs != crs:
+                flat = _transform_points(flat, crs, ds.crs, str(scene))
+            cols, rows = georef.apply_affine(~ds.transform, flat).T
+        else:
+            cols, rows = flat[:, 0], flat[:, 1]
+        dtype = np.dtype(ds.dtypes[0])
+        top = float(np.iinfo(dtype).max) if dtype.kind in "iu" else math.inf
+        cols = np.asarray(cols, np.float64).reshape(n, p) - 0.5  # array index of pixel centres
+        rows = np.asarray(rows, np.float64).reshape(n, p) - 0.5
+        count = min(3, ds.count)
+        for k in range(n):
+            c0 = max(int(math.floor(np.nanmin(cols[k]))) - 1, 0)
+            r0 = max(int(math.floor(np.nanmin(rows[k]))) - 1, 0)
+            c1 = min(int(math.ceil(np.nanmax(cols[k]))) + 2, ds.width)
+            r1 = min(int(math.ceil(np.nanmax(rows[k]))) + 2, ds.height)
+            if c1 - c0 < 2 or r1 - r0 < 2:
+                continue
+            win = Window(c0, r0, c1 - c0, r1 - r0)
+            try:
+                data = ds.read(list(range(1, count + 1)), window=win).astype(np.float32)
+                mask = ds.read_masks(1, window=win)
+            except Exception as e:  # noqa: BLE001
+                raise RasterError(f"{scene}: cannot read pixels for the pixel check ({e})") from e
+            gray = data.mean(axis=0)
+            rr, cc = rows[k] - r0, cols[k] - c0
+            inside = (rr >= -0.5) & (cc >= -0.5) & (rr <= gray.shape[0] - 0.5) & (cc <= gray.shape[1] - 0.5)
+            near_r = np.clip(np.rint(rr).astype(np.int64), 0, gray.shape[0] - 1)
+            near_c = np.clip(np.rint(cc).astype(np.int64), 0, gray.shape[1] - 1)
+            valid = inside & (mask[near_r, near_c] > 0)
+            vals = map_coordinates(gray, [rr, cc], order=1, mode="nearest")
+            out[k] = np.where(valid, vals, np.nan)
+    return out, top
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -794,13 +999,17 @@ def compare(
 
     # -- misregistration (in metres; the working CRS may be in feet)
     strength = float("nan")
+    grays = None  # both scenes on one coarse grid: for the shift and the radiometry of the pixel check
+    scenes = before_scene is not None and after_scene is not None and not same_grid
+    pixels = scenes and (cfg.pixel_ratio is not None or cfg.pixel_same is not None)
+    if scenes and (cfg.shift is None or pixels):
+        overlap = shapely.make_valid(b.area.intersection(a.area))
+        grays = overlap_grays(before_scene, after_scene, overlap, work)  # type: ignore[arg-type]
+    pixels = pixels and grays is not None
     if cfg.shift is not None:
         shift_m, support, method = np.asarray(cfg.shift, np.float64), -1, "given"
     else:
-        phase = None
-        if before_scene is not None and after_scene is not None and not same_grid:
-            overlap = shapely.make_valid(b.area.intersection(a.area))
-            phase = phase_shift(before_scene, after_scene, overlap, work, max_shift_m=cfg.max_shift_m)
+        phase = None if grays is None else _phase_correlate(*grays, work, cfg.max_shift_m)
         hb = before.scores >= cfg.high
         ha = after.scores >= cfg.high
         shift_m, support = estimate_shift(
@@ -876,19 +1085,38 @@ def compare(
     allowed &= hi_b[pi] | hi_a[pj]  # two low-score detections are not an object
     allowed &= cov_b[pi] | cov_a[pj]
     stayed = _assign(pi[allowed], pj[allowed], cost[allowed])
+    # a confident object matched only to a weak detection (below mid) of the other date, where the pixels
+    # under the confident one changed: the weak one is something else (a shadow, the new ground), not it
+    lut = radiometric_lut(grays[0], grays[1]) if pixels and grays is not None else None
+    split = np.zeros(len(pi), bool)
+    if lut is not None and cfg.pixel_ratio is not None and before_scene and after_scene and stayed:
+        pair_index = {(int(i), int(j)): k for k, (i, j) in enumerate(zip(pi, pj, strict=True))}
+        weak_pairs = [(i, j) for i, j, _ in stayed if min(before.scores[i], after.scores[j]) < cfg.mid]
+        if weak_pairs:
+            wi, wj = np.array(weak_pairs, np.int64).T
+            from_b = before.scores[wi] >= after.scores[wj]
+            rings = np.where(from_b[:, None, None], b.rings[wi], a_rings[wj])
+            changed = pixel_change(before_scene, after_scene, rings, work, shift_units, lut=lut)
+            cut = {p for p, c in zip(weak_pairs, changed >= cfg.pixel_ratio, strict=True) if c}
+            stayed = [s for s in stayed if (s[0], s[1]) not in cut]
+            split[[pair_index[p] for p in cut]] = True
     matched_b = np.zeros(nb, bool)
     matched_a = np.zeros(na, bool)
     for i, j, _ in stayed:
         matched_b[i] = matched_a[j] = True
     # hysteresis on presence, not on the assignment: a leftover that lies mostly on a detection of the other
     # date (one already matched: overlapping boxes of a row of trailers) is not a change, it is dropped
-    there = overlap & lo_b[pi] & lo_a[pj]
+    there = overlap & lo_b[pi] & lo_a[pj] & ~split
     seen_b = np.zeros(nb, bool)
     seen_a = np.zeros(na, bool)
     seen_b[pi[there]] = True
     seen_a[pj[there]] = True
     absorbed_b = ~matched_b & seen_b
     absorbed_a = ~matched_a & seen_a
+    # the weak side of a split pair is dropped; the confident side goes on as a leftover
+    weak_side = split & (before.scores[pi] < after.scores[pj]) if len(pi) else split
+    absorbed_b[pi[weak_side]] = True
+    absorbed_a[pj[split & ~weak_side]] = True
 
     # -- stage 2: moved (both confident, both covered, similar size; the old place is empty after stage 1)
     moved: list[tuple[int, int, float]] = []
@@ -904,10 +1132,14 @@ def compare(
     pair_dist = dict(zip(zip(pi.tolist(), pj.tolist(), strict=True), dist.tolist(), strict=True))
 
     # -- stage 3: mid-score leftovers are changes only where the other date has nothing at all (>= low)
-    # within the footprint plus what is left of the misregistration
+    # within the footprint plus what is left of the misregistration; with both scenes at hand, low-score
+    # ones too when the pixels under them changed
     radius = (cfg.max_shift_m if method == "none" else cfg.clear_m) / unit
-    cand_b = ~matched_b & ~absorbed_b & mid_b & ~hi_b & cov_b  # outside the common area: high only
-    cand_a = ~matched_a & ~absorbed_a & mid_a & ~hi_a & cov_a
+    weak = pixels and cfg.pixel_ratio is not None
+    weak_b = lo_b & ~mid_b if weak else np.zeros(nb, bool)
+    weak_a = lo_a & ~mid_a if weak else np.zeros(na, bool)
+    cand_b = ~matched_b & ~absorbed_b & (mid_b | weak_b) & ~hi_b & cov_b  # outside the common area: high only
+    cand_a = ~matched_a & ~absorbed_a & (mid_a | weak_a) & ~hi_a & cov_a
     sure_b, sure_a = hi_b.copy(), hi_a.copy()
     if cand_b.any():
         sure_b[cand_b] = _clear(
@@ -917,6 +1149,24 @@ def compare(
         sure_a[cand_a] = _clear(
             a_rings[cand_a], a_xy[cand_a], a.group[cand_a], b.xy[lo_b], b.group[lo_b], radius
         )
+
+    pix_b, pix_a = np.full(nb, np.nan), np.full(na, np.nan)
+    unchanged = {"before": 0, "after": 0}
+    if lut is not None and before_scene is not None and after_scene is not None:
+        look_b = ~matched_b & ~absorbed_b & sure_b & cov_b
+        look_a = ~matched_a & ~absorbed_a & sure_a & cov_a
+        for look, rings, pix in ((look_b, b.rings, pix_b), (look_a, a_rings, pix_a)):
+            pix[look] = pixel_change(before_scene, after_scene, rings[look], work, shift_units, lut=lut)
+        if cfg.pixel_ratio is not None:  # nan (no valid pixels): no evidence
+            need_b, need_a = look_b & weak_b, look_a & weak_a
+            sure_b[need_b] = pix_b[need_b] >= cfg.pixel_ratio
+            sure_a[need_a] = pix_a[need_a] >= cfg.pixel_ratio
+        if cfg.pixel_same is not None:  # the ground looks the same on both dates: the model flickered
+            same_b = look_b & (pix_b < cfg.pixel_same)
+            same_a = look_a & (pix_a < cfg.pixel_same)
+            sure_b &= ~same_b
+            sure_a &= ~same_a
+            unchanged = {"before": int(same_b.sum()), "after": int(same_a.sum())}
 
     # -- records
     rows: list[tuple[str, int, int]] = [("stayed", i, j) for i, j, _ in stayed]
@@ -938,6 +1188,9 @@ def compare(
             rows.append(("arrived" if cov_a[j] else "not-covered", -1, j))
     rows.sort(key=lambda r: (STATUSES.index(r[0]), r[1] if r[1] >= 0 else nb + r[2]))
     changes = _records(rows, b, a, a_xy, pair_dist)
+    changes["pixel_change"] = np.array(
+        [pix_b[i] if j < 0 else pix_a[j] if i < 0 else np.nan for _, i, j in rows], np.float64
+    ).reshape(-1)
     for key, orig in (("id_before", orig_b), ("id_after", orig_a)):  # ids index the detections as given
         ids = changes[key]
         changes[key] = np.where(ids >= 0, orig[np.maximum(ids, 0)] if len(orig) else -1, -1)
@@ -965,9 +1218,18 @@ def compare(
         "clear_radius_m": round(float(radius * unit), 3),
         "dropped": {"before": dropped_b, "after": dropped_a},
         "mid_changes": {
-            "before": int((sure_b & ~hi_b & ~matched_b & ~absorbed_b).sum()),
-            "after": int((sure_a & ~hi_a & ~matched_a & ~absorbed_a).sum()),
+            "before": int((sure_b & mid_b & ~hi_b & ~matched_b & ~absorbed_b).sum()),
+            "after": int((sure_a & mid_a & ~hi_a & ~matched_a & ~absorbed_a).sum()),
         },
+        "pixel_check": pixels,
+        "pixel_ratio": cfg.pixel_ratio,
+        "pixel_same": cfg.pixel_same,
+        "low_changes": {
+            "before": int((sure_b & weak_b & ~matched_b & ~absorbed_b).sum()),
+            "after": int((sure_a & weak_a & ~matched_a & ~absorbed_a).sum()),
+        },
+        "unchanged_pixels": unchanged,
+        "split_pairs": int(split.sum()),
         "dropped_on_another": {"before": int(absorbed_b.sum()), "after": int(absorbed_a.sum())},
         "duplicates": {"before": int((~keep_b).sum()), "after": int((~keep_a).sum())},
         "common_area_m2": float(common.area * unit * unit),
@@ -1155,6 +1417,7 @@ _LAYER_FIELDS = (
     "displacement_m",
     "length_m",
     "heading_deg",
+    "pixel_change",
 )
 
 

@@ -664,6 +664,7 @@ def score_pair(pair: Pair, changes: object, found_at: float) -> list[dict]:
     cols = changes.columns  # type: ignore[attr-defined]
     rec_xy = np.stack([cols["x"], cols["y"]], 1) if len(cols["x"]) else np.zeros((0, 2))
     st = cols["status"]
+    pixel = cols.get("pixel_change", np.full(len(st), np.nan))  # the pixel check's ratio (nan: not looked at)
     used = np.zeros(len(st), bool)
     rows = []
     for t in sorted(pair.truth, key=lambda t: SCORED.index(t["status"]) if t["status"] in SCORED else 9):
@@ -694,6 +695,7 @@ def score_pair(pair: Pair, changes: object, found_at: float) -> list[dict]:
                 "length_m": round(t["length"], 2),
                 "score_a": None if hit is None else _score(cols["score_before"][hit]),
                 "score_b": None if hit is None else _score(cols["score_after"][hit]),
+                "pixel": None if hit is None else _score(pixel[hit]),
             }
         )
     # records of a change that no labelled change explains
@@ -706,6 +708,9 @@ def score_pair(pair: Pair, changes: object, found_at: float) -> list[dict]:
                     "truth": None,
                     "got": str(st[j]),
                     "found": True,
+                    "score_a": _score(cols["score_before"][j]),
+                    "score_b": _score(cols["score_after"][j]),
+                    "pixel": _score(pixel[j]),
                 }
             )
     return rows
@@ -958,6 +963,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clear", type=float, default=defaults.clear_m, help="as `detector change --clear`")
     ap.add_argument("--move-radius", type=float, default=defaults.move_radius_m)
     ap.add_argument(
+        "--pixel-ratio",
+        type=float,
+        default=defaults.pixel_ratio,
+        help="as `detector change --pixel-ratio`",
+    )
+    ap.add_argument(
+        "--pixel-same", type=float, default=defaults.pixel_same, help="as `detector change --pixel-same`"
+    )
+    ap.add_argument(
         "--seeds",
         default="0,1,2",
         help="one set of pairs per seed, pooled (default: %(default)s; the thresholds were chosen on the "
@@ -991,7 +1005,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         cfg = ch.ChangeConfig(
-            high=args.high, mid=args.mid, low=args.low, clear_m=args.clear, move_radius_m=args.move_radius
+            high=args.high,
+            mid=args.mid,
+            low=args.low,
+            clear_m=args.clear,
+            move_radius_m=args.move_radius,
+            pixel_ratio=args.pixel_ratio,
+            pixel_same=args.pixel_same,
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -1150,6 +1170,10 @@ def _set_result(rows: list[dict], info: list[dict], classes: list[str]) -> dict:
         "shift_err_max": float(np.max(errs)) if errs else float("nan"),
         "table": aggregate(rows, classes),
         "changes": [r for r in rows if r["truth"] in ("departed", "arrived", "moved")],  # to look into misses
+        # change records no labelled change explains, and stayed objects given a change
+        "false_changes": [
+            r for r in rows if r["truth"] in (None, "stayed") and r["got"] in ("departed", "arrived", "moved")
+        ],
     }
 
 

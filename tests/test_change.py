@@ -269,6 +269,7 @@ def test_cli_threshold_defaults_are_the_config_defaults() -> None:
         cfg.low,
         cfg.clear_m,
     )
+    assert (defaults["pixel_ratio"], defaults["pixel_same"]) == (cfg.pixel_ratio, cfg.pixel_same)
 
 
 def test_class_compatibility() -> None:
@@ -923,3 +924,132 @@ def test_load_date_zooms_a_coarse_scene_and_leaves_a_fine_one(tmp_path: Path) ->
     assert scale(coarse, zoom=2.0) == pytest.approx(0.5, abs=0.01)
     got = ch.load_date(coarse, det, zoom="auto").dets
     np.testing.assert_allclose(got.xyxy, [[100, 120, 130, 140]], atol=1.5)  # in scene pixels all the same
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the pixels under unmatched objects
+# ----------------------------------------------------------------------------------------------------------
+
+PIX_GSD = 0.5
+
+
+def _car_px(xy: np.ndarray, length: float = 9.0) -> tuple[int, int, int, int]:
+    """Pixel box (x0, y0, x1, y1) of a ``dets_at`` car of ``length`` m centred at ground ``xy``."""
+    col, row = (xy[0] - X0) / PIX_GSD, (Y0 - xy[1]) / PIX_GSD
+    half = length / PIX_GSD / 2
+    return (
+        int(round(col - half)),
+        int(round(row - half / 2)),
+        int(round(col + half)),
+        int(round(row + half / 2)),
+    )
+
+
+def _pixel_pair(
+    tmp_path: Path, e: tuple[float, float]
+) -> tuple[Path, Path, np.ndarray, dict[str, np.ndarray]]:
+    """Textured scenes A and B (B brighter, misregistered by ``e``) with 12 cars on both and four probes.
+
+    Probes: ``arrived`` painted on B only; ``departed`` on A only; ``still`` on both (a car the model will
+    miss on B); ``ground`` on neither (a flicker on bare ground)."""
+    img = _texture(400, 400, 3) // 2
+    grid = np.array([[X0 + 20 + 25 * i, Y0 - 20 - 25 * j] for i in range(4) for j in range(3)], float)
+    probes = {
+        k: np.array([X0 + 30 + 45 * n, Y0 - 150])
+        for n, k in enumerate(("arrived", "departed", "still", "ground"))
+    }
+    a, b = img.copy(), img.copy()
+    car = (200, 200, 200)
+    for xy in grid:
+        paint_box(a, *_car_px(xy), car)
+        paint_box(b, *_car_px(xy), car)
+    for key, where in (("arrived", (b,)), ("departed", (a,)), ("still", (a, b))):
+        for im in where:
+            paint_box(im, *_car_px(probes[key]), car)
+    noise = np.random.default_rng(0).normal(0, 3, b.shape)
+    b = np.clip(b.astype(np.float32) * 1.15 + 6 + noise, 0, 255).astype(np.uint8)  # other radiometry
+    pa = write_geotiff(tmp_path / "a.tif", a, transform=Affine(PIX_GSD, 0, X0, 0, -PIX_GSD, Y0))
+    pb = write_geotiff(tmp_path / "b.tif", b, transform=Affine(PIX_GSD, 0, X0 + e[0], 0, -PIX_GSD, Y0 + e[1]))
+    return pa, pb, grid, probes
+
+
+def test_pixel_change_sees_objects_come_and_go_not_radiometry(tmp_path: Path) -> None:
+    e = (3.0, -2.0)
+    pa, pb, grid, probes = _pixel_pair(tmp_path, e)
+    dets = dets_at(
+        np.stack(list(probes.values())), np.full(4, 9.0), ["small-vehicle"] * 4, np.ones(4), size=400
+    )
+    from detector import georef
+
+    rings = georef.footprints(dets)
+    grays = ch.overlap_grays(pa, pb, ch.valid_area(pa).intersection(ch.valid_area(pb)), UTM33)
+    assert grays is not None
+    lut = ch.radiometric_lut(grays[0], grays[1])
+    ratio = ch.pixel_change(pa, pb, rings, UTM33, np.array(e), lut=lut)
+    got = dict(zip(probes, ratio, strict=True))
+    assert got["arrived"] > 20 and got["departed"] > 20
+    assert got["still"] < 1.5 and got["ground"] < 1.5
+    # without the radiometry matched, a bright car that stayed looks changed
+    assert ch.pixel_change(pa, pb, rings[2:3], UTM33, np.array(e))[0] > 3
+    # misregistration not removed: the same ground no longer lines up
+    off = ch.pixel_change(pa, pb, rings, UTM33, np.zeros(2), lut=lut)
+    assert off[2] > 3 * got["still"]
+    # outside the scenes: no evidence
+    assert np.isnan(ch.pixel_change(pa, pb, rings + 5000.0, UTM33, np.array(e), lut=lut)).all()
+
+
+def test_low_score_changes_need_changed_pixels_and_unchanged_ground_is_no_change(tmp_path: Path) -> None:
+    e = (3.0, -2.0)
+    pa, pb, grid, probes = _pixel_pair(tmp_path, e)
+    n = len(grid)
+    # the model: confident on the grid; on B it finds the arrival only at 0.2 and flickers at 0.2 on bare
+    # ground; on A it finds the departure and the still car at 0.8, and misses the still car on B
+    b_xy = np.concatenate([grid, [probes["departed"], probes["still"]]])
+    a_xy = np.concatenate([grid, [probes["arrived"], probes["ground"]]])
+    before = dets_at(b_xy, np.full(n + 2, 9.0), ["small-vehicle"] * (n + 2), [0.8] * (n + 2), size=400)
+    after = dets_at(
+        a_xy, np.full(n + 2, 9.0), ["small-vehicle"] * (n + 2), [0.8] * n + [0.2, 0.2], size=400, shift=e
+    )
+    scenes = {"before_scene": pa, "after_scene": pb}
+    changes = ch.compare(before, after, **scenes)
+    assert changes.meta["pixel_check"] and changes.meta["shift_method"] == "phase-correlation"
+    got = {k: _status_at(changes, p) for k, p in probes.items()}
+    assert got == {"arrived": "arrived", "departed": "departed", "still": None, "ground": None}
+    assert changes.meta["low_changes"] == {"before": 0, "after": 1}  # the arrival at 0.2
+    assert changes.meta["unchanged_pixels"] == {"before": 1, "after": 1}  # the still car, the flicker
+    row = np.nonzero(changes.status == "arrived")[0][0]
+    assert changes.columns["pixel_change"][row] > 4
+    assert np.isnan(changes.columns["pixel_change"][changes.status == "stayed"]).all()
+    # without the pixel check: the low-score arrival is not a change and the missed car departs
+    off = ch.compare(before, after, config=ch.ChangeConfig(pixel_ratio=None, pixel_same=None), **scenes)
+    got = {k: _status_at(off, p) for k, p in probes.items()}
+    assert got == {"arrived": None, "departed": "departed", "still": "departed", "ground": None}
+    assert not off.meta["pixel_check"]
+    # without the scenes: the same as off
+    bare = ch.compare(before, after)
+    assert {k: _status_at(bare, p) for k, p in probes.items()} == got
+
+
+def test_pixel_thresholds_are_validated() -> None:
+    for kw in ({"pixel_ratio": -1.0}, {"pixel_same": math.inf}):
+        with pytest.raises(ValueError, match="finite number >= 0 or None"):
+            ch.ChangeConfig(**kw)
+
+
+def test_a_weak_detection_on_new_ground_does_not_keep_a_departed_object(tmp_path: Path) -> None:
+    e = (3.0, -2.0)
+    pa, pb, grid, probes = _pixel_pair(tmp_path, e)
+    n = len(grid)
+    # B has a 0.15 detection where the departed car was (the new ground) and where the still car is
+    b_xy = np.concatenate([grid, [probes["departed"], probes["still"]]])
+    a_xy = np.concatenate([grid, [probes["departed"], probes["still"]]])
+    cars = ["small-vehicle"] * (n + 2)
+    before = dets_at(b_xy, np.full(n + 2, 9.0), cars, [0.8] * (n + 2), size=400)
+    after = dets_at(a_xy, np.full(n + 2, 9.0), cars, [0.8] * n + [0.15, 0.15], size=400, shift=e)
+    changes = ch.compare(before, after, before_scene=pa, after_scene=pb)
+    assert _status_at(changes, probes["departed"]) == "departed"
+    assert _status_at(changes, probes["still"]) == "stayed"
+    assert changes.meta["split_pairs"] == 1
+    assert statuses(changes)["stayed"] == n + 1
+    off = ch.compare(before, after, config=ch.ChangeConfig(pixel_ratio=None), before_scene=pa, after_scene=pb)
+    assert _status_at(off, probes["departed"]) == "stayed"

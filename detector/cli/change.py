@@ -89,6 +89,30 @@ def _parse_shift(ctx: click.Context, param: click.Parameter, value: str | None) 
     help="Score above which something counts as there (scenes are predicted with this confidence).",
 )
 @click.option(
+    "--pixel-ratio",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="With the scenes at hand: an unmatched object scoring from --low up to --mid still counts as "
+    "departed or arrived when the other date is clear there (as for --mid) and the pixels under it changed "
+    "at least this much (the footprint's difference over its surroundings').",
+)
+@click.option(
+    "--pixel-same",
+    type=click.FloatRange(min=0),
+    default=1.5,
+    show_default=True,
+    help="With the scenes at hand: an unmatched object whose pixels changed less than this is no change at "
+    "any score (the ground looks the same on both dates: the model missed it on one). 0: off.",
+)
+@click.option(
+    "--pixel-check/--no-pixel-check",
+    default=True,
+    show_default=True,
+    help="Look at the scenes' pixels under unmatched objects (--pixel-ratio, --pixel-same); earlier outputs "
+    "take part when their scene is found.",
+)
+@click.option(
     "--max-shift",
     type=click.FloatRange(min=0),
     default=20.0,
@@ -140,6 +164,9 @@ def change(
     mid: float,
     clear_m: float,
     low: float,
+    pixel_ratio: float,
+    pixel_same: float,
+    pixel_check: bool,
     max_shift: float,
     shift: tuple[float, float] | None,
     move_radius: float,
@@ -176,6 +203,8 @@ def change(
         max_shift_m=max_shift,
         shift=shift,
         move_radius_m=move_radius,
+        pixel_ratio=pixel_ratio if pixel_check else None,
+        pixel_same=pixel_same if pixel_check and pixel_same > 0 else None,
         groups=ch.load_groups(groups) if groups else dict(ch.DEFAULT_GROUPS),
     )
     try:
