@@ -743,17 +743,15 @@ def _sample_gray(scene: str | Path, pts: np.ndarray, crs: Any) -> tuple[np.ndarr
     """Bilinear samples of one gray band (the mean of the first three) at points ``(N, P, 2)`` given in
     ``crs`` (pixels when ``None``), ``nan`` outside the scene and on invalid pixels; and the top of the
     scene's format (saturation: 255 for 8 bits, ``inf`` for floating point)."""
-    import rasterio
+    from rasterio.errors import RasterioError
     from rasterio.windows import Window
     from scipy.ndimage import map_coordinates
 
+    from detector.raster import open_dataset
+
     n, p, _ = pts.shape
     out = np.full((n, p), np.nan)
-    try:
-        ds = rasterio.open(scene)
-    except Exception as e:  # noqa: BLE001 - rasterio raises several types for unreadable files
-        raise RasterError(f"{scene}: cannot read it for the pixel check ({e})") from e
-    with ds:
+    with open_dataset(scene) as ds:
         flat = pts.reshape(-1, 2)
         if crs is not None:
             if ds.crs is not None and ds.crs != crs:
@@ -777,7 +775,7 @@ def _sample_gray(scene: str | Path, pts: np.ndarray, crs: Any) -> tuple[np.ndarr
             try:
                 data = ds.read(list(range(1, count + 1)), window=win).astype(np.float32)
                 mask = ds.read_masks(1, window=win)
-            except Exception as e:  # noqa: BLE001
+            except RasterioError as e:
                 raise RasterError(f"{scene}: cannot read pixels for the pixel check ({e})") from e
             gray = data.mean(axis=0)
             rr, cc = rows[k] - r0, cols[k] - c0
@@ -1005,7 +1003,6 @@ def compare(
     if scenes and (cfg.shift is None or pixels):
         overlap = shapely.make_valid(b.area.intersection(a.area))
         grays = overlap_grays(before_scene, after_scene, overlap, work)  # type: ignore[arg-type]
-    pixels = pixels and grays is not None
     if cfg.shift is not None:
         shift_m, support, method = np.asarray(cfg.shift, np.float64), -1, "given"
     else:
@@ -1089,6 +1086,7 @@ def compare(
     # under the confident one changed: the weak one is something else (a shadow, the new ground), not it
     lut = radiometric_lut(grays[0], grays[1]) if pixels and grays is not None else None
     split = np.zeros(len(pi), bool)
+    pix_b, pix_a = np.full(nb, np.nan), np.full(na, np.nan)  # pixel_change under unmatched objects
     if lut is not None and cfg.pixel_ratio is not None and before_scene and after_scene and stayed:
         pair_index = {(int(i), int(j)): k for k, (i, j) in enumerate(zip(pi, pj, strict=True))}
         weak_pairs = [(i, j) for i, j, _ in stayed if min(before.scores[i], after.scores[j]) < cfg.mid]
@@ -1097,9 +1095,12 @@ def compare(
             from_b = before.scores[wi] >= after.scores[wj]
             rings = np.where(from_b[:, None, None], b.rings[wi], a_rings[wj])
             changed = pixel_change(before_scene, after_scene, rings, work, shift_units, lut=lut)
-            cut = {p for p, c in zip(weak_pairs, changed >= cfg.pixel_ratio, strict=True) if c}
-            stayed = [s for s in stayed if (s[0], s[1]) not in cut]
-            split[[pair_index[p] for p in cut]] = True
+            cut = changed >= cfg.pixel_ratio
+            pix_b[wi[cut & from_b]] = changed[cut & from_b]  # the confident side, measured once
+            pix_a[wj[cut & ~from_b]] = changed[cut & ~from_b]
+            cut_pairs = {p for p, c in zip(weak_pairs, cut, strict=True) if c}
+            stayed = [s for s in stayed if (s[0], s[1]) not in cut_pairs]
+            split[[pair_index[p] for p in cut_pairs]] = True
     matched_b = np.zeros(nb, bool)
     matched_a = np.zeros(na, bool)
     for i, j, _ in stayed:
@@ -1135,7 +1136,7 @@ def compare(
     # within the footprint plus what is left of the misregistration; with both scenes at hand, low-score
     # ones too when the pixels under them changed
     radius = (cfg.max_shift_m if method == "none" else cfg.clear_m) / unit
-    weak = pixels and cfg.pixel_ratio is not None
+    weak = lut is not None and cfg.pixel_ratio is not None
     weak_b = lo_b & ~mid_b if weak else np.zeros(nb, bool)
     weak_a = lo_a & ~mid_a if weak else np.zeros(na, bool)
     cand_b = ~matched_b & ~absorbed_b & (mid_b | weak_b) & ~hi_b & cov_b  # outside the common area: high only
@@ -1150,13 +1151,13 @@ def compare(
             a_rings[cand_a], a_xy[cand_a], a.group[cand_a], b.xy[lo_b], b.group[lo_b], radius
         )
 
-    pix_b, pix_a = np.full(nb, np.nan), np.full(na, np.nan)
     unchanged = {"before": 0, "after": 0}
     if lut is not None and before_scene is not None and after_scene is not None:
         look_b = ~matched_b & ~absorbed_b & sure_b & cov_b
         look_a = ~matched_a & ~absorbed_a & sure_a & cov_a
         for look, rings, pix in ((look_b, b.rings, pix_b), (look_a, a_rings, pix_a)):
-            pix[look] = pixel_change(before_scene, after_scene, rings[look], work, shift_units, lut=lut)
+            todo = look & np.isnan(pix)  # split objects are measured already
+            pix[todo] = pixel_change(before_scene, after_scene, rings[todo], work, shift_units, lut=lut)
         if cfg.pixel_ratio is not None:  # nan (no valid pixels): no evidence
             need_b, need_a = look_b & weak_b, look_a & weak_a
             sure_b[need_b] = pix_b[need_b] >= cfg.pixel_ratio
@@ -1221,7 +1222,7 @@ def compare(
             "before": int((sure_b & mid_b & ~hi_b & ~matched_b & ~absorbed_b).sum()),
             "after": int((sure_a & mid_a & ~hi_a & ~matched_a & ~absorbed_a).sum()),
         },
-        "pixel_check": pixels,
+        "pixel_check": lut is not None,
         "pixel_ratio": cfg.pixel_ratio,
         "pixel_same": cfg.pixel_same,
         "low_changes": {
