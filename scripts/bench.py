@@ -598,15 +598,22 @@ def section_t(s: Settings, scenes: list[BenchScene], spec: dict[str, Any]) -> di
 
 
 #: The SAHI side of (w): a whole Python process that imports SAHI, loads the weights and slices one scene with
-#: SAHI's defaults (argv: weights, scene, slice, overlap ratio, conf); it writes nothing.
+#: SAHI's defaults (argv: weights, scene, slice, overlap ratio, conf, torch threads); it writes nothing. With
+#: threads > 0 it first predicts one blank 64 px image, as a user who wants that many threads must: Ultralytics'
+#: first prediction sets torch to ``cpu_count - 1`` threads, undoing a count set before it.
 SAHI_PROCESS = """
 import sys
 from sahi import AutoDetectionModel
 from sahi.predict import get_sliced_prediction
 weights, scene, tile, overlap, conf = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+threads = int(sys.argv[6])
 model = AutoDetectionModel.from_pretrained(
     model_type="ultralytics", model_path=weights, device="cpu", confidence_threshold=conf
 )
+if threads:
+    import numpy, torch
+    model.perform_inference(numpy.zeros((64, 64, 3), numpy.uint8))
+    torch.set_num_threads(threads)
 result = get_sliced_prediction(
     scene, model, slice_height=tile, slice_width=tile, overlap_height_ratio=overlap, overlap_width_ratio=overlap,
     verbose=0,
@@ -618,8 +625,9 @@ print(len(result.object_prediction_list))
 def section_w(s: Settings, scenes: list[BenchScene]) -> dict[str, Any]:
     """Whole processes on the headline scene, as a user starts them, each ``max(repeats, 3)`` times in
     alternation: ``detector predict SCENE -o DIR`` with its defaults (GeoJSON and quicklook written), the same
-    with the INT8 model on OpenVINO (its model cache warmed by one run first), and SAHI's default in a fresh
-    Python process (:data:`SAHI_PROCESS`: import, load, one sliced prediction, nothing written). Wall time from
+    with the INT8 model on OpenVINO (its model cache warmed by one run first), and SAHI in a fresh Python
+    process (:data:`SAHI_PROCESS`: import, load, one sliced prediction, nothing written), with its default
+    threads and with ``--sahi-threads``. Wall time from
     start to exit; medians."""
     head = next((sc for sc in scenes if sc.headline), None)
     if head is None:
@@ -640,18 +648,14 @@ def section_w(s: Settings, scenes: list[BenchScene]) -> dict[str, Any]:
             *options,
         ]
 
+    def sahi(threads: int) -> list[str]:
+        args = (s.pt, head.path, s.tile, s.overlap_ratio, s.conf, threads)
+        return [sys.executable, "-c", SAHI_PROCESS, *(str(a) for a in args)]
+
     sides: dict[str, list[str]] = {
         "ours": predict("ours"),
-        "sahi": [
-            sys.executable,
-            "-c",
-            SAHI_PROCESS,
-            str(s.pt),
-            str(head.path),
-            str(s.tile),
-            str(s.overlap_ratio),
-            str(s.conf),
-        ],
+        "sahi": sahi(0),
+        "sahi_threads": sahi(s.sahi_threads),
     }
     if s.int8 is not None and s.int8.is_file():
         sides["int8"] = predict("int8", "-w", str(s.int8), "--runtime", "openvino")

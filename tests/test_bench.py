@@ -348,3 +348,5 @@ def test_whole_process_targets_read_the_medians() -> None:
     slow = _bench_report.targets(s, {"w": {"median": {"ours": 5.0, "sahi": 13.0, "int8": 5.0}}})
     assert any("2.60x, **NOT met**" in x for x in slow) and any("1.00x, **NOT met**" in x for x in slow)
     assert not [x for x in _bench_report.targets(s, {}) if "Whole process" in x]
+    two = _bench_report.targets(s, {"w": {"median": {"ours": 4.0, "sahi": 13.0, "sahi_threads": 7.0}}})
+    assert "Whole process at least 2x faster than SAHI with 2 threads: 1.75x, **NOT met**." in two
