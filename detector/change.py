@@ -924,6 +924,22 @@ def _clear(
     return clear
 
 
+def _clear_where(
+    where: np.ndarray,
+    rings: np.ndarray,
+    xy: np.ndarray,
+    group: np.ndarray,
+    other_xy: np.ndarray,
+    other_group: np.ndarray,
+    radius: float,
+) -> np.ndarray:
+    """``where`` (a mask over the objects) narrowed to those :func:`_clear` of ``other_xy``."""
+    out = where.copy()
+    if where.any():
+        out[where] = _clear(rings[where], xy[where], group[where], other_xy, other_group, radius)
+    return out
+
+
 def compare(
     before: Detections,
     after: Detections,
@@ -1156,15 +1172,8 @@ def compare(
     weak_a = lo_a & ~mid_a if weak else np.zeros(na, bool)
     cand_b = ~matched_b & ~absorbed_b & (mid_b | weak_b) & ~hi_b & cov_b  # outside the common area: high only
     cand_a = ~matched_a & ~absorbed_a & (mid_a | weak_a) & ~hi_a & cov_a
-    sure_b, sure_a = hi_b.copy(), hi_a.copy()
-    if cand_b.any():
-        sure_b[cand_b] = _clear(
-            b.rings[cand_b], b.xy[cand_b], b.group[cand_b], a_xy[lo_a], a.group[lo_a], radius
-        )
-    if cand_a.any():
-        sure_a[cand_a] = _clear(
-            a_rings[cand_a], a_xy[cand_a], a.group[cand_a], b.xy[lo_b], b.group[lo_b], radius
-        )
+    sure_b = hi_b | _clear_where(cand_b, b.rings, b.xy, b.group, a_xy[lo_a], a.group[lo_a], radius)
+    sure_a = hi_a | _clear_where(cand_a, a_rings, a_xy, a.group, b.xy[lo_b], b.group[lo_b], radius)
 
     unchanged = {"before": 0, "after": 0}
     rescued = {"before": 0, "after": 0}
@@ -1178,14 +1187,8 @@ def compare(
             mid_lo_b, mid_lo_a = lo_b & ~split_weak_b, lo_a & ~split_weak_a
             back_b = ~matched_b & mid_lo_b & cov_b & ~firm_b & ~look_b
             back_a = ~matched_a & mid_lo_a & cov_a & ~firm_a & ~look_a
-            if back_b.any():
-                back_b[back_b] = _clear(
-                    b.rings[back_b], b.xy[back_b], b.group[back_b], a_xy[mid_a], a.group[mid_a], radius
-                )
-            if back_a.any():
-                back_a[back_a] = _clear(
-                    a_rings[back_a], a_xy[back_a], a.group[back_a], b.xy[mid_b], b.group[mid_b], radius
-                )
+            back_b = _clear_where(back_b, b.rings, b.xy, b.group, a_xy[mid_a], a.group[mid_a], radius)
+            back_a = _clear_where(back_a, a_rings, a_xy, a.group, b.xy[mid_b], b.group[mid_b], radius)
         for look, back, rings, pix in ((look_b, back_b, b.rings, pix_b), (look_a, back_a, a_rings, pix_a)):
             todo = (look if back is None else look | back) & np.isnan(pix)  # split ones are measured already
             pix[todo] = pixel_change(before_scene, after_scene, rings[todo], work, shift_units, lut=lut)
