@@ -898,33 +898,6 @@ def _covered(rings: np.ndarray, common: Any, margin: float) -> np.ndarray:
 
 
 def _clear(
-    rings: np.ndarray,
-    xy: np.ndarray,
-    group: np.ndarray,
-    other_xy: np.ndarray,
-    other_group: np.ndarray,
-    radius: float,
-) -> np.ndarray:
-    """Per object (footprint ``rings``, centre ``xy``): no centre of ``other_xy`` of the same group lies within
-    ``radius`` of its footprint (one frame, one unit)."""
-    import shapely
-
-    n = len(rings)
-    clear = np.ones(n, bool)
-    if n == 0 or len(other_xy) == 0:
-        return clear
-    half = np.linalg.norm(rings - xy[:, None, :], axis=2).max(axis=1)
-    i, j = _pairs(xy, other_xy, float(half.max()) + radius)
-    same = group[i] == other_group[j]
-    i, j = i[same], j[same]
-    if len(i) == 0:
-        return clear
-    d = shapely.distance(shapely.polygons(rings[i]), shapely.points(other_xy[j]))
-    clear[i[d <= radius]] = False
-    return clear
-
-
-def _clear_where(
     where: np.ndarray,
     rings: np.ndarray,
     xy: np.ndarray,
@@ -933,10 +906,23 @@ def _clear_where(
     other_group: np.ndarray,
     radius: float,
 ) -> np.ndarray:
-    """``where`` (a mask over the objects) narrowed to those :func:`_clear` of ``other_xy``."""
+    """``where`` (a mask over the objects: footprints ``rings``, centres ``xy``) narrowed to the objects that no
+    centre of ``other_xy`` of the same group lies within ``radius`` of (one frame, one unit)."""
+    import shapely
+
     out = where.copy()
-    if where.any():
-        out[where] = _clear(rings[where], xy[where], group[where], other_xy, other_group, radius)
+    if not where.any() or len(other_xy) == 0:
+        return out
+    idx = np.flatnonzero(where)
+    rings, xy, group = rings[idx], xy[idx], group[idx]
+    half = np.linalg.norm(rings - xy[:, None, :], axis=2).max(axis=1)
+    i, j = _pairs(xy, other_xy, float(half.max()) + radius)
+    same = group[i] == other_group[j]
+    i, j = i[same], j[same]
+    if len(i) == 0:
+        return out
+    d = shapely.distance(shapely.polygons(rings[i]), shapely.points(other_xy[j]))
+    out[idx[i[d <= radius]]] = False
     return out
 
 
@@ -1172,8 +1158,8 @@ def compare(
     weak_a = lo_a & ~mid_a if weak else np.zeros(na, bool)
     cand_b = ~matched_b & ~absorbed_b & (mid_b | weak_b) & ~hi_b & cov_b  # outside the common area: high only
     cand_a = ~matched_a & ~absorbed_a & (mid_a | weak_a) & ~hi_a & cov_a
-    sure_b = hi_b | _clear_where(cand_b, b.rings, b.xy, b.group, a_xy[lo_a], a.group[lo_a], radius)
-    sure_a = hi_a | _clear_where(cand_a, a_rings, a_xy, a.group, b.xy[lo_b], b.group[lo_b], radius)
+    sure_b = hi_b | _clear(cand_b, b.rings, b.xy, b.group, a_xy[lo_a], a.group[lo_a], radius)
+    sure_a = hi_a | _clear(cand_a, a_rings, a_xy, a.group, b.xy[lo_b], b.group[lo_b], radius)
 
     unchanged = {"before": 0, "after": 0}
     rescued = {"before": 0, "after": 0}
@@ -1187,8 +1173,8 @@ def compare(
             mid_lo_b, mid_lo_a = lo_b & ~split_weak_b, lo_a & ~split_weak_a
             back_b = ~matched_b & mid_lo_b & cov_b & ~firm_b & ~look_b
             back_a = ~matched_a & mid_lo_a & cov_a & ~firm_a & ~look_a
-            back_b = _clear_where(back_b, b.rings, b.xy, b.group, a_xy[mid_a], a.group[mid_a], radius)
-            back_a = _clear_where(back_a, a_rings, a_xy, a.group, b.xy[mid_b], b.group[mid_b], radius)
+            back_b = _clear(back_b, b.rings, b.xy, b.group, a_xy[mid_a], a.group[mid_a], radius)
+            back_a = _clear(back_a, a_rings, a_xy, a.group, b.xy[mid_b], b.group[mid_b], radius)
         for look, back, rings, pix in ((look_b, back_b, b.rings, pix_b), (look_a, back_a, a_rings, pix_a)):
             todo = (look if back is None else look | back) & np.isnan(pix)  # split ones are measured already
             pix[todo] = pixel_change(before_scene, after_scene, rings[todo], work, shift_units, lut=lut)
