@@ -66,7 +66,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -81,6 +81,8 @@ if TYPE_CHECKING:
     from detector.tiling import TileConfig
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: IoU thresholds of AP50:95 (COCO): 0.50, 0.55, ..., 0.95.
 IOU_THRESHOLDS: np.ndarray = np.linspace(0.5, 0.95, 10)
@@ -792,10 +794,16 @@ def load_eval_set(
         )
     ds_spec = {k: v for k, v in spec.items() if k not in _EVAL_KEYS}
     images = sorted(read_dataset(ds_spec, root=data_root), key=lambda im: str(im.image))
-    if limit is not None and limit < len(images):
-        idx = np.linspace(0, len(images) - 1, max(limit, 1)).round().astype(int)
-        images = [images[i] for i in np.unique(idx)]
-    return images, spec
+    return spread_evenly(images, limit), spec
+
+
+def spread_evenly(items: Sequence[T], limit: int | None) -> list[T]:
+    """At most ``limit`` of ``items`` (at least one), spread evenly over them in order; all of them when
+    ``limit`` is ``None``."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    idx = np.linspace(0, len(items) - 1, max(limit, 1)).round().astype(int)
+    return [items[i] for i in np.unique(idx)]
 
 
 def run(

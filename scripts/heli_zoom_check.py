@@ -49,14 +49,6 @@ def without_class(images: Sequence[Any], cls: str = CLASS) -> list[Any]:
     return [im for im in images if not any(a.cls == cls for a in im.annotations)]
 
 
-def spread(items: Sequence[Any], limit: int | None) -> list[Any]:
-    """At most ``limit`` of ``items``, spread evenly over them (all of them when ``limit`` is None or 0)."""
-    if not limit or len(items) <= limit:
-        return list(items)
-    idx = np.unique(np.linspace(0, len(items) - 1, limit).round().astype(int))
-    return [items[i] for i in idx]
-
-
 def count(det: Any, images: Sequence[Any], zoom: float, conf: float, cls: str = CLASS) -> dict[str, int]:
     """Calls of class ``cls`` (default helicopter) of ``det`` on ``images`` magnified ``zoom`` times."""
     from detector.tiling import TileConfig
@@ -82,14 +74,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data", default=os.environ.get("DETECTOR_SHARED_DATA", "../shared/data"))
     a = p.parse_args(argv)
 
-    from detector.evaluate import load_eval_set
+    from detector.evaluate import load_eval_set, spread_evenly
     from detector.pipeline import Detector
 
     zooms = [float(z) for z in a.zooms.split(",")]
     sets = {}
     for name in a.sets.split(","):
         images, _ = load_eval_set(name, a.data)
-        sets[name] = spread(without_class(images), a.limit)
+        sets[name] = spread_evenly(without_class(images), a.limit or None)
     print("| model | eval set | images | zoom | images with a helicopter call | calls | calls >= 0.5 |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for weights in a.weights or ["weights/detector.onnx"]:

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from detector.detections import Detections
+from detector.evaluate import spread_evenly
 from detector.labels.types import Annotation, LabeledImage
 from detector.pipeline import Detector
 from tests._fixtures import TAXONOMY, BrightObjectPredictor
@@ -43,8 +44,8 @@ def test_images_with_the_class_are_left_out_and_the_rest_spread(tmp_path: Path) 
     images = [_image(tmp_path / f"{k}.png", n=k % 2) for k in range(10)]
     kept = heli_zoom_check.without_class(images)
     assert [im.image.name for im in kept] == ["0.png", "2.png", "4.png", "6.png", "8.png"]
-    assert [im.image.name for im in heli_zoom_check.spread(kept, 3)] == ["0.png", "4.png", "8.png"]
-    assert heli_zoom_check.spread(kept, 0) == kept
+    assert [im.image.name for im in spread_evenly(kept, 3)] == ["0.png", "4.png", "8.png"]
+    assert spread_evenly(kept, None) == kept
 
 
 def test_zoom_reaches_the_detector(tmp_path: Path) -> None:
